@@ -1,0 +1,85 @@
+//! The command line: clap structs that only validate, and a dispatcher.
+//!
+//! Exit codes (documented in docs/cli.md):
+//! - 0: success
+//! - 1: any other failure (IO, store, internal)
+//! - 2: the manifest is invalid (syntax, evaluation, schema)
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod manifest;
+pub mod store;
+
+/// Exit code for an invalid manifest.
+pub const EXIT_MANIFEST: u8 = 2;
+/// Exit code for every other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A declarative, hermetic build runner",
+    long_about = "kiln compiles a manifest (.kiln or Djinn .yml) into a content-addressed \
+                  build graph and runs it hermetically, keeping everything it produces in a \
+                  deduplicating store."
+)]
+pub struct Cli {
+    /// The store directory [default: $KILN_HOME, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check manifests: parse, evaluate and validate them
+    Check(manifest::CheckArgs),
+    /// Evaluate a manifest and print the typed build description as canonical JSON
+    Eval(manifest::EvalArgs),
+    /// Inspect and maintain the content-addressed store
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+}
+
+/// Where the store lives: `--store`, else `$KILN_HOME`, else
+/// `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
+pub fn store_dir(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir.clone());
+    }
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(home) = non_empty("KILN_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    if let Some(data) = non_empty("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(data).join("kiln"));
+    }
+    match non_empty("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/kiln")),
+        None => anyhow::bail!("cannot locate the store: set --store, KILN_HOME or HOME"),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => manifest::check(args),
+        Command::Eval(args) => manifest::eval(args),
+        Command::Store(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| store::run(&dir, command))
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! kiln: a declarative, hermetic build runner. See ARCHITECTURE.md.
+
+pub mod cli;
