@@ -1,1 +1,43 @@
-pub fn placeholder() {}
+//! kiln's content-addressed store.
+//!
+//! Blobs (file bytes, split into zstd-compressed chunks by FastCDC) and
+//! trees (canonical directory encodings) are identified by blake3 digests.
+//! A sqlite index records them, their references and reference counts, and
+//! what keeps them alive: named roots, builds and their artifacts, job
+//! results, and temporary roots of work in progress. See docs/store.md.
+
+mod bundle;
+mod chunker;
+pub mod chunks;
+mod curate;
+mod digest;
+mod error;
+mod fsck;
+mod ingest;
+mod layer;
+mod object;
+mod records;
+mod restore;
+mod schema;
+mod sessions;
+mod stats;
+mod store;
+mod tree;
+
+pub use bundle::{BundleReport, RootSelector};
+pub use chunker::{CHUNKER_NAME, ChunkerParams};
+pub use curate::{CurationPolicy, CurationReport, DEFAULT_THRESHOLD, GcReport, SweepReport};
+pub use digest::{B3Digest, DIGEST_PREFIX, DigestParseError};
+pub use error::{Result, StoreError};
+pub use fsck::{FsckOptions, FsckReport, Problem};
+pub use ingest::{AddOptions, AddReport, Progress};
+pub use object::{ObjectKind, ObjectRef};
+pub use records::{
+    Artifact, BuildId, BuildRecord, BuildStatus, JobArtifact, JobResult, NamedRoot, RootKind,
+};
+pub use restore::{RestoreOptions, RestoreReport};
+pub use schema::SCHEMA_VERSION;
+pub use sessions::TempRoots;
+pub use stats::StoreStats;
+pub use store::{Store, StoreOptions};
+pub use tree::{EntryName, Node, TREE_FORMAT_VERSION, Tree, TreeEntry};
