@@ -182,9 +182,12 @@ impl Store {
 
         // Roots, artifacts and job results name intact objects.
         let mut broken_roots = Vec::new();
+        let mut healed_roots = Vec::new();
         for root in self.list_roots(None)? {
             report.roots_checked += 1;
-            if !intact(&root.object) {
+            if root.broken && intact(&root.object) {
+                healed_roots.push((root.kind, root.name.clone()));
+            } else if !intact(&root.object) {
                 if !root.broken {
                     problem(
                         format!("root {}/{}", root.kind, root.name),
@@ -284,6 +287,13 @@ impl Store {
                     )?;
                     repairs.push(format!("marked root {kind}/{name} broken"));
                 }
+            }
+            for (kind, name) in &healed_roots {
+                tx.execute(
+                    "UPDATE roots SET broken = 0 WHERE kind = ?1 AND name = ?2",
+                    params![kind.as_str(), name],
+                )?;
+                repairs.push(format!("root {kind}/{name} has its data again"));
             }
             for key in &broken_jobs {
                 tx.execute("UPDATE job_results SET broken = 1 WHERE key = ?1", [key])?;

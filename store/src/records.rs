@@ -217,7 +217,9 @@ pub(crate) fn set_root_in(
 ) -> Result<()> {
     require(conn, object)?;
     let now = now_millis();
-    if let Some(old) = get_root_in(conn, kind, name)? {
+    if let Some(old) = get_root_in(conn, kind, name)?
+        && !old.broken
+    {
         add_refs(conn, old.object, -1).or_else(ignore_missing)?;
     }
     conn.execute(
@@ -349,6 +351,9 @@ pub(crate) fn remove_job_result_in(conn: &Connection, key: &B3Digest) -> Result<
         return Ok(false);
     };
     conn.execute("DELETE FROM job_results WHERE key = ?1", [key])?;
+    if old.broken {
+        return Ok(true);
+    }
     for object in job_result_objects(&old) {
         add_refs(conn, object, -1).or_else(ignore_missing)?;
     }
