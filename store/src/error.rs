@@ -19,6 +19,13 @@ pub enum StoreError {
     #[error("the store at {} is read-only", dir.display())]
     ReadOnly { dir: PathBuf },
 
+    #[error(
+        "the store at {} is read-only but its write-ahead log holds unfinished commits; \
+         open it read-write once to fold them in",
+        dir.display()
+    )]
+    UnfinishedLog { dir: PathBuf },
+
     #[error("store index: {0}")]
     Sqlite(#[from] rusqlite::Error),
 

@@ -75,6 +75,12 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io(&lock_path, e)),
         };
+        if read_only {
+            let wal = dir.join(format!("{INDEX_FILE}-wal"));
+            if fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                return Err(StoreError::UnfinishedLog { dir: dir.clone() });
+            }
+        }
         // A creator holds the lock exclusively until the index is complete.
         if let Some(file) = &lock {
             file.lock_shared().at(&lock_path)?;
