@@ -9,6 +9,9 @@
 //! is asked to parse and import (and hashing path literals' content).
 
 pub mod diagnostic;
+pub mod djinn;
+pub mod load;
+pub mod manifest;
 pub mod source;
 pub mod value;
 
