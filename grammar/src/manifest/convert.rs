@@ -1027,6 +1027,8 @@ impl Converter<'_> {
                     format!("bad artifact name \"{name}\": {}", error.describe()),
                 )
             })?,
+            // Each match of a glob keeps its path relative to the workspace.
+            None if src.contains(['*', '?', '[']) => ".".to_string(),
             None => match src.rsplit('/').next() {
                 Some(base) if base != "." => base.to_string(),
                 _ => {

@@ -239,7 +239,9 @@ impl Job {
 pub struct Artifact {
     /// Relative to the workspace; may name a directory or be a `*` glob.
     pub src: String,
-    /// The name it is saved under (default: the base name of `src`).
+    /// The name it is saved under (default: the base name of `src`). For a
+    /// glob, a directory under which each match keeps its path relative to
+    /// the workspace (default `.`).
     pub name: String,
 }
 
