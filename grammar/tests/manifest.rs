@@ -209,3 +209,222 @@ fn equivalent_manifests_print_the_same() {
     };
     assert_eq!(json(&a), json(&b));
 }
+
+/// No input, however malformed, panics the YAML reader or the schema.
+mod properties {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use kiln_grammar::manifest::{self, Format};
+    use kiln_grammar::value::{Attr, Data, Node};
+    use kiln_grammar::{FileId, SourceMap, Span, djinn};
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &[
+        "driver",
+        "type",
+        "image",
+        "workspace",
+        "memory",
+        "cpus",
+        "pids",
+        "kernel",
+        "accel",
+        "env",
+        "sources",
+        "objects",
+        "stages",
+        "allow_failures",
+        "timeout",
+        "jobs",
+        "stage",
+        "name",
+        "commands",
+        "artifacts",
+        "needs",
+        "inputs",
+        "network",
+        "caches",
+        "key",
+        "paths",
+        "url",
+        "ref",
+        "rev",
+        "dir",
+        "path",
+        "src",
+        "dst",
+        "namespace",
+        "<<",
+        "x",
+    ];
+    const STRINGS: &[&str] = &[
+        "build",
+        "test",
+        "docker",
+        "qemu",
+        "container",
+        "host",
+        "os",
+        "kvm",
+        "default",
+        "A=1",
+        "NOEQ",
+        "=x",
+        "a => b",
+        "../x",
+        "/abs",
+        "*.o",
+        "1h30m",
+        "0s",
+        "90",
+        "",
+        " ",
+        "=>",
+        "https://e.x/r.git main => d",
+        "build.1",
+        "é",
+        "0123456789abcdef0123456789abcdef01234567",
+    ];
+
+    fn span() -> Span {
+        Span::new(FileId(0), 0, 0)
+    }
+
+    fn node(data: Data) -> Node {
+        Node { data, span: span() }
+    }
+
+    fn arbitrary_node() -> impl Strategy<Value = Node> {
+        let leaf = prop_oneof![
+            Just(node(Data::Null)),
+            any::<bool>().prop_map(|b| node(Data::Bool(b))),
+            any::<i64>().prop_map(|i| node(Data::Int(i))),
+            (-2i64..5).prop_map(|i| node(Data::Int(i))),
+            proptest::sample::select(STRINGS).prop_map(|s| node(Data::Str(s.to_string()))),
+            ".{0,12}".prop_map(|s| node(Data::Str(s))),
+            proptest::sample::select(&["/m", "/m/lib", "/", "/other/x"][..])
+                .prop_map(|p| node(Data::Path(PathBuf::from(p)))),
+            Just(node(Data::Function)),
+        ];
+        leaf.prop_recursive(6, 200, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6)
+                    .prop_map(|items| node(Data::List(items))),
+                proptest::collection::vec((proptest::sample::select(KEYS), inner), 0..8).prop_map(
+                    |entries| {
+                        let map: BTreeMap<String, Attr> = entries
+                            .into_iter()
+                            .map(|(key, value)| {
+                                (
+                                    key.to_string(),
+                                    Attr {
+                                        name_span: span(),
+                                        value,
+                                    },
+                                )
+                            })
+                            .collect();
+                        node(Data::Attrs(map))
+                    }
+                ),
+            ]
+        })
+    }
+
+    fn corpus() -> Vec<Vec<u8>> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/djinn");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+
+    fn load_yaml(bytes: &[u8]) {
+        let mut sources = SourceMap::new();
+        if let Ok(node) = djinn::parse_bytes(Path::new("fuzz.yml"), bytes, &mut sources) {
+            for format in [Format::Djinn, Format::Kiln] {
+                let converted = manifest::from_node(&node, format, Path::new("/m"));
+                for diagnostic in &converted.diagnostics {
+                    // Rendering must not panic either, and every diagnostic has a span.
+                    assert!(diagnostic.span.is_some());
+                    diagnostic.render(&sources);
+                }
+                if let Some(manifest) = converted.manifest {
+                    manifest.to_canonical_json();
+                }
+            }
+        } else if let Err(diagnostic) =
+            djinn::parse_bytes(Path::new("fuzz.yml"), bytes, &mut sources)
+        {
+            diagnostic.render(&sources);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            load_yaml(&bytes);
+        }
+
+        #[test]
+        fn yaml_like_text(text in "([a-z_<>&*!|>:,\\[\\]{}\\-#'\" =./\n]|  |\t){0,200}") {
+            load_yaml(text.as_bytes());
+        }
+
+        #[test]
+        fn mutated_corpus(
+            which in 0usize..6,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 1..8),
+        ) {
+            let corpus = corpus();
+            let mut bytes = corpus[which % corpus.len()].clone();
+            for (at, kind, byte) in edits {
+                let len = bytes.len();
+                match kind {
+                    0 => { let i = at.index(len + 1); bytes.insert(i, byte); }
+                    1 if len > 0 => { let i = at.index(len); bytes.remove(i); }
+                    _ if len > 0 => { let i = at.index(len); bytes[i] = byte; }
+                    _ => {}
+                }
+            }
+            load_yaml(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_nodes(root in arbitrary_node()) {
+            for format in [Format::Djinn, Format::Kiln] {
+                let converted = manifest::from_node(&root, format, Path::new("/m"));
+                prop_assert!(converted.manifest.is_some() || converted.diagnostics.iter().any(|d| d.severity == kiln_grammar::Severity::Error));
+                if let Some(manifest) = converted.manifest {
+                    manifest.to_canonical_json();
+                }
+            }
+        }
+    }
+
+    /// Deep nesting and huge documents end in an error, not a crash.
+    #[test]
+    fn deep_and_huge_yaml() {
+        for depth in [100, 300, 10_000] {
+            load_yaml(format!("{}{}", "[".repeat(depth), "]".repeat(depth)).as_bytes());
+            load_yaml("- ".repeat(depth).as_bytes());
+            let mut nested = String::new();
+            for level in 0..depth.min(2000) {
+                nested.push_str(&" ".repeat(level));
+                nested.push_str("a:\n");
+            }
+            load_yaml(nested.as_bytes());
+        }
+        let long = format!("stages: [\"{}\"]\n", "x".repeat(2 << 20));
+        load_yaml(long.as_bytes());
+    }
+}
