@@ -75,19 +75,15 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         eprint!("{}", loaded.render_diagnostics());
         match &loaded.result {
             Ok(manifest) => {
-                let warnings = match loaded.warnings.len() {
-                    0 => String::new(),
-                    1 => ", 1 warning".to_string(),
-                    n => format!(", {n} warnings"),
-                };
-                writeln!(
-                    stdout,
-                    "{}: ok ({} stages, {} jobs{warnings})",
-                    file.display(),
-                    manifest.stages.len(),
-                    manifest.jobs.len()
-                )
-                .context("writing to stdout")?;
+                let mut summary = vec![
+                    count(manifest.stages.len(), "stage"),
+                    count(manifest.jobs.len(), "job"),
+                ];
+                if !loaded.warnings.is_empty() {
+                    summary.push(count(loaded.warnings.len(), "warning"));
+                }
+                writeln!(stdout, "{}: ok ({})", file.display(), summary.join(", "))
+                    .context("writing to stdout")?;
             }
             Err(error) => {
                 // A broken manifest outranks an unreadable one.
@@ -99,6 +95,14 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::from(worst))
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
