@@ -116,12 +116,20 @@ pub(crate) fn resolve(
             .map(|(index, job)| (job.job.name.clone(), index))
             .collect();
         let all_names: Vec<String> = pending.iter().map(|job| job.job.name.clone()).collect();
-        for index in 0..pending.len() {
-            let needs = match pending[index].needs.take() {
-                None => (0..pending.len())
-                    .filter(|&other| stage_of[other] < stage_of[index])
+        // Jobs of stages 0..s, in declaration order, for each stage s: the
+        // default `needs`, computed once per stage rather than per job.
+        let mut earlier: Vec<Vec<String>> = Vec::with_capacity(stages.len());
+        for stage in 0..stages.len() {
+            earlier.push(
+                (0..pending.len())
+                    .filter(|&other| stage_of[other] < stage)
                     .map(|other| all_names[other].clone())
                     .collect(),
+            );
+        }
+        for index in 0..pending.len() {
+            let needs = match pending[index].needs.take() {
+                None => earlier[stage_of[index]].clone(),
                 Some(written) => {
                     let mut needs: Vec<String> = Vec::new();
                     for (need, span) in written {
