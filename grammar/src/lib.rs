@@ -9,7 +9,9 @@
 //! is asked to parse and import (and hashing path literals' content).
 
 pub mod diagnostic;
+pub mod eval;
 pub mod source;
+pub mod syntax;
 pub mod value;
 
 pub use diagnostic::{Diagnostic, Phase, Severity};
