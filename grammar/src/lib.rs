@@ -10,9 +10,11 @@
 
 pub mod diagnostic;
 pub mod djinn;
+pub mod eval;
 pub mod load;
 pub mod manifest;
 pub mod source;
+pub mod syntax;
 pub mod value;
 
 pub use diagnostic::{Diagnostic, Phase, Severity};

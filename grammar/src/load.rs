@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::diagnostic::{Diagnostic, Phase, Severity};
+use crate::eval::EvalOptions;
 use crate::manifest::{self, Format, Manifest};
 use crate::source::SourceMap;
 use crate::value::Node;
@@ -44,8 +45,8 @@ pub struct Loaded {
     /// Every file read (the manifest and its imports): renders diagnostics.
     pub sources: SourceMap,
     pub warnings: Vec<Diagnostic>,
-    /// Files the evaluation read besides path literals' content (the
-    /// manifest and its imports): inputs of the build description.
+    /// Every file loading read: the manifest, its imports and the paths
+    /// named by path literals (absolute; in order of first use).
     pub files: Vec<PathBuf>,
     pub result: Result<Manifest, LoadError>,
 }
@@ -142,15 +143,13 @@ fn read_djinn(path: &Path, sources: &mut SourceMap) -> Result<(Node, Vec<PathBuf
 
 fn read_kiln(
     path: &Path,
-    _options: &LoadOptions,
-    _sources: &mut SourceMap,
+    options: &LoadOptions,
+    sources: &mut SourceMap,
 ) -> Result<(Node, Vec<PathBuf>), Diagnostic> {
-    Err(Diagnostic::error(
-        Phase::Io,
-        format!(
-            "{}: the kiln language evaluator is not available in this build yet",
-            path.display()
-        ),
-        None,
-    ))
+    let eval_options = EvalOptions {
+        args: options.args.clone(),
+        ..EvalOptions::default()
+    };
+    let evaluated = crate::eval::eval_file(path, &eval_options, sources)?;
+    Ok((evaluated.value, evaluated.files))
 }
