@@ -213,3 +213,81 @@ fn eval_of_invalid_manifest_prints_nothing_on_stdout() {
             "error: expected a list of jobs or an attribute set of jobs (jobs), found an integer",
         ));
 }
+
+#[test]
+fn spec_example_checks_and_evaluates() {
+    cargo_bin_cmd!("kiln")
+        .current_dir(repo())
+        .args(["check", "examples/hello/build.kiln"])
+        .assert()
+        .success()
+        .stderr("")
+        .stdout("examples/hello/build.kiln: ok (3 stages, 3 jobs)\n");
+    let output = cargo_bin_cmd!("kiln")
+        .current_dir(repo())
+        .args(["eval", "examples/hello/build.kiln", "--arg", "version=1.2"])
+        .assert()
+        .success()
+        .stderr("");
+    let json: serde_json::Value = serde_json::from_slice(&output.get_output().stdout).unwrap();
+    assert_eq!(json["format"], "kiln");
+    assert_eq!(json["env"]["VERSION"], "1.2");
+    assert_eq!(json["sources"][0]["path"], "./.");
+    let tarball = &json["jobs"][2];
+    assert_eq!(tarball["name"], "tarball");
+    assert_eq!(tarball["needs"], serde_json::json!(["compile", "smoke"]));
+    assert_eq!(
+        tarball["commands"][0],
+        "tar --sort=name --mtime=@0 -czf hello-1.2.tgz hello"
+    );
+    assert_eq!(tarball["artifacts"][0]["src"], "hello-1.2.tgz");
+    assert_eq!(tarball["artifacts"][0]["name"], "release/hello.tgz");
+    // The same bytes as the checked-in expectation.
+    let expected =
+        std::fs::read(repo().join("grammar/tests/ok/manifest/spec-example.json")).unwrap();
+    assert_eq!(output.get_output().stdout, expected);
+}
+
+#[test]
+fn kiln_errors_exit_2_with_location() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "typo.kiln",
+        b"{\n  driver = { type = \"host\"; };\n  stages = [ \"build\" ];\n  jobs.a = { stage = \"build\"; comands = [ \"make\" ]; };\n}\n",
+    );
+    write(dir.path(), "syntax.kiln", b"{ stages = [ \"a\" ; }\n");
+    write(
+        dir.path(),
+        "needs-arg.kiln",
+        b"{ version }: { stages = [ version ]; }\n",
+    );
+    cargo_bin_cmd!("kiln")
+        .current_dir(dir.path())
+        .args(["check", "typo.kiln"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with(
+            "typo.kiln:4:31: error: unknown attribute `comands` in a job\n",
+        ))
+        .stderr(predicate::str::contains("did you mean `commands`?"));
+    cargo_bin_cmd!("kiln")
+        .current_dir(dir.path())
+        .args(["eval", "syntax.kiln"])
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::starts_with("syntax.kiln:1:"));
+    cargo_bin_cmd!("kiln")
+        .current_dir(dir.path())
+        .args(["eval", "needs-arg.kiln"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing argument `version`"));
+    cargo_bin_cmd!("kiln")
+        .current_dir(dir.path())
+        .args(["eval", "needs-arg.kiln", "--arg", "version=v1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"v1\""));
+}

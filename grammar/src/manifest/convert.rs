@@ -185,6 +185,7 @@ impl Converter<'_> {
                 .into_iter()
                 .map(|job| PendingJob {
                     has_driver: job.driver.is_some(),
+                    need_spans: HashMap::new(),
                     span: job.span,
                     name: job.name,
                     stage: job.stage,

@@ -17,6 +17,8 @@ pub(crate) struct PendingJob {
     pub needs: Option<Vec<(String, Span)>>,
     pub job: Job,
     pub has_driver: bool,
+    /// Where each explicit `needs` entry was written, by resolved name.
+    pub need_spans: HashMap<String, Span>,
 }
 
 pub(crate) fn resolve(
@@ -168,6 +170,7 @@ pub(crate) fn resolve(
                             continue;
                         }
                         if !needs.contains(&normalized) {
+                            pending[index].need_spans.insert(normalized.clone(), span);
                             needs.push(normalized);
                         }
                     }
@@ -234,16 +237,25 @@ fn check_cycles(
                         let mut path: Vec<&str> =
                             cycle.iter().map(|&n| jobs[n].job.name.as_str()).collect();
                         path.push(&jobs[target].job.name);
+                        // Each edge is shown where its `needs` entry was written.
+                        let edge_span = |from: usize, to: &str| {
+                            jobs[from]
+                                .need_spans
+                                .get(to)
+                                .copied()
+                                .unwrap_or(jobs[from].span)
+                        };
                         let mut diagnostic = Diagnostic::error(
                             Phase::Schema,
                             format!("dependency cycle: {}", path.join(" → ")),
-                            Some(jobs[cycle[0]].span),
+                            Some(edge_span(cycle[0], path[1])),
                         )
+                        .with_label(format!("\"{}\" needs \"{}\"", path[0], path[1]))
                         .with_help("`needs` must form a DAG");
-                        for &n in &cycle[1..] {
+                        for (position, &from) in cycle.iter().enumerate().skip(1) {
                             diagnostic = diagnostic.with_related(
-                                jobs[n].span,
-                                format!("job \"{}\"", jobs[n].job.name),
+                                edge_span(from, path[position + 1]),
+                                format!("\"{}\" needs \"{}\"", path[position], path[position + 1]),
                             );
                         }
                         return Err(cx.push(diagnostic));
