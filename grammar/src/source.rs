@@ -65,6 +65,14 @@ impl SourceMap {
         id
     }
 
+    /// Like [`SourceMap::add`], with the name shown in diagnostics given
+    /// explicitly (imported files are named relative to the root manifest).
+    pub fn add_named(&mut self, path: &Path, name: &str, text: impl Into<Arc<str>>) -> FileId {
+        let id = self.add(path, text);
+        self.files[id.0 as usize].name = name.to_string();
+        id
+    }
+
     pub fn file(&self, id: FileId) -> &SourceFile {
         &self.files[id.0 as usize]
     }

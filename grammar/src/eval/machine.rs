@@ -1,0 +1,1249 @@
+//! The evaluator: a lazy, call-by-need interpreter over the arena AST.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use super::EvalOptions;
+use super::builtins::Builtin;
+use super::paths::{normalize, relative_to};
+use super::runtime::*;
+use crate::diagnostic::{Diagnostic, Phase};
+use crate::source::{FileId, SourceMap, Span};
+use crate::syntax::{
+    self, Ast, AttrName, BinaryOp, BindingValue, ExprId, ExprKind, Name, Param, StrPart,
+};
+use crate::value::{Attr, Data, Node};
+
+/// Strings longer than this are an error: doubling a string in a loop must
+/// fail cleanly, not exhaust memory.
+pub(crate) const MAX_STRING: usize = 64 << 20;
+
+/// How deeply a forced value may nest (lists in sets in lists ...).
+/// Self-referential values (`let x = [ x ]; in x`) hit this.
+pub(crate) const MAX_VALUE_DEPTH: usize = 1000;
+
+pub(crate) type EvalResult<T> = Result<T, Diagnostic>;
+
+pub(crate) struct Machine<'s> {
+    pub ast: Ast,
+    pub thunks: Vec<Thunk>,
+    pub envs: Vec<Scope>,
+    pub sources: &'s mut SourceMap,
+    options: &'s EvalOptions,
+    steps: u64,
+    depth: usize,
+    /// Every file read, in order of first use, without duplicates.
+    pub files: Vec<PathBuf>,
+    seen_files: HashSet<PathBuf>,
+    /// Absolute directory of each parsed file (path literals resolve here).
+    file_dirs: HashMap<FileId, PathBuf>,
+    /// Directory and display prefix of the root manifest, so imported files
+    /// are named relative to it in diagnostics (independent of the checkout).
+    root_dir: PathBuf,
+    root_display_dir: PathBuf,
+    imports: HashMap<PathBuf, Value>,
+    import_stack: Vec<PathBuf>,
+    builtins_set: Option<Value>,
+}
+
+pub(crate) fn error(span: Span, message: impl Into<String>) -> Diagnostic {
+    Diagnostic::error(Phase::Eval, message, Some(span))
+}
+
+impl<'s> Machine<'s> {
+    pub fn new(
+        sources: &'s mut SourceMap,
+        options: &'s EvalOptions,
+        root_dir: PathBuf,
+        root_display_dir: PathBuf,
+    ) -> Machine<'s> {
+        Machine {
+            ast: Ast::new(),
+            thunks: Vec::new(),
+            // EnvId(0): the top scope; lookups falling through it reach the builtins.
+            envs: vec![Scope {
+                binder: None,
+                vars: Vars::Many(Box::new([])),
+                parent: None,
+            }],
+            sources,
+            options,
+            steps: 0,
+            depth: 0,
+            files: Vec::new(),
+            seen_files: HashSet::new(),
+            file_dirs: HashMap::new(),
+            root_dir,
+            root_display_dir,
+            imports: HashMap::new(),
+            import_stack: Vec::new(),
+            builtins_set: None,
+        }
+    }
+
+    pub fn record_file(&mut self, path: &Path) {
+        if self.seen_files.insert(path.to_path_buf()) {
+            self.files.push(path.to_path_buf());
+        }
+    }
+
+    /// Parses an already loaded file and evaluates it to weak head normal form.
+    pub fn eval_loaded_file(&mut self, file: FileId, absolute: &Path) -> EvalResult<Value> {
+        let dir = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.file_dirs.insert(file, dir);
+        self.record_file(absolute);
+        let root = syntax::parse(file, self.sources, &mut self.ast)?;
+        self.eval(root, EnvId(0))
+    }
+
+    // -----------------------------------------------------------------------
+    // Arenas
+
+    pub fn alloc_thunk(&mut self, thunk: Thunk) -> ThunkId {
+        let id = ThunkId(u32::try_from(self.thunks.len()).unwrap_or(u32::MAX));
+        self.thunks.push(thunk);
+        id
+    }
+
+    pub fn done(&mut self, value: Value) -> ThunkId {
+        self.alloc_thunk(Thunk::Done(value))
+    }
+
+    fn alloc_env(&mut self, scope: Scope) -> EnvId {
+        let id = EnvId(u32::try_from(self.envs.len()).unwrap_or(u32::MAX));
+        self.envs.push(scope);
+        id
+    }
+
+    /// A thunk for `expr` in `env`, avoiding an allocation when the value is
+    /// already known (literals, functions, variables).
+    fn thunk_for(&mut self, expr: ExprId, env: EnvId) -> ThunkId {
+        let span = self.ast[expr].span;
+        let known = match &self.ast[expr].kind {
+            ExprKind::Var(name) => {
+                if let Some(thunk) = self.lookup(env, name) {
+                    return thunk;
+                }
+                None
+            }
+            ExprKind::Int(n) => Some(ValueKind::Int(*n)),
+            ExprKind::Bool(b) => Some(ValueKind::Bool(*b)),
+            ExprKind::Null => Some(ValueKind::Null),
+            ExprKind::Str(parts) => match parts.as_slice() {
+                [StrPart::Literal(text)] => Some(ValueKind::Str(text.clone())),
+                _ => None,
+            },
+            ExprKind::Lambda(_) => Some(ValueKind::Closure { lambda: expr, env }),
+            _ => None,
+        };
+        match known {
+            Some(kind) => self.done(Value { kind, span }),
+            None => self.alloc_thunk(Thunk::Expr { expr, env }),
+        }
+    }
+
+    fn lookup(&self, mut env: EnvId, name: &str) -> Option<ThunkId> {
+        loop {
+            let scope = &self.envs[env.0 as usize];
+            if let Some(binder) = scope.binder {
+                let index = match &self.ast[binder].kind {
+                    ExprKind::Let(let_) => let_.bindings.iter().position(|b| &*b.name == name),
+                    ExprKind::Attrs(set) => set.bindings.iter().position(|b| &*b.name == name),
+                    ExprKind::Lambda(lambda) => match &lambda.param {
+                        Param::Ident(param, _) => (&**param == name).then_some(0),
+                        Param::Formals(formals) => formals.names().position(|n| &**n == name),
+                    },
+                    _ => None,
+                };
+                if let Some(thunk) = index.and_then(|i| scope.vars.get(i)) {
+                    return Some(thunk);
+                }
+            }
+            env = scope.parent?;
+        }
+    }
+
+    /// Every name visible from `env`, for "did you mean" hints.
+    fn visible_names(&self, mut env: EnvId) -> Vec<String> {
+        let mut names: Vec<String> = Builtin::ALL.iter().map(|b| b.name().to_string()).collect();
+        names.push("builtins".to_string());
+        loop {
+            let scope = &self.envs[env.0 as usize];
+            if let Some(binder) = scope.binder {
+                match &self.ast[binder].kind {
+                    ExprKind::Let(let_) => {
+                        names.extend(let_.bindings.iter().map(|b| b.name.to_string()))
+                    }
+                    ExprKind::Attrs(set) => {
+                        names.extend(set.bindings.iter().map(|b| b.name.to_string()))
+                    }
+                    ExprKind::Lambda(lambda) => match &lambda.param {
+                        Param::Ident(param, _) => names.push(param.to_string()),
+                        Param::Formals(formals) => {
+                            names.extend(formals.names().map(|n| n.to_string()))
+                        }
+                    },
+                    _ => {}
+                }
+            }
+            match scope.parent {
+                Some(parent) => env = parent,
+                None => return names,
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Budget
+
+    fn tick(&mut self, span: Span) -> EvalResult<()> {
+        self.steps += 1;
+        if self.steps > self.options.max_steps {
+            return Err(error(
+                span,
+                format!(
+                    "evaluation exceeded its budget of {} steps",
+                    self.options.max_steps
+                ),
+            )
+            .with_label("evaluating this when the budget ran out")
+            .with_help(
+                "is there runaway recursion? (a larger budget is an `EvalOptions` setting)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Charges `n` steps at once (list and string building).
+    pub fn charge(&mut self, n: usize, span: Span) -> EvalResult<()> {
+        self.steps = self.steps.saturating_add(n as u64);
+        self.tick(span)
+    }
+
+    fn enter(&mut self, span: Span) -> EvalResult<()> {
+        self.depth += 1;
+        if self.depth > self.options.max_depth {
+            return Err(error(
+                span,
+                format!(
+                    "evaluation nested too deeply (more than {} levels)",
+                    self.options.max_depth
+                ),
+            )
+            .with_label("while evaluating this")
+            .with_help("this is usually infinite or very deep recursion"));
+        }
+        Ok(())
+    }
+
+    // -----------------------------------------------------------------------
+    // Forcing
+
+    pub fn force(&mut self, thunk: ThunkId) -> EvalResult<Value> {
+        let state = std::mem::replace(
+            &mut self.thunks[thunk.0 as usize],
+            Thunk::Blackhole {
+                span: Span::new(FileId(0), 0, 0),
+            },
+        );
+        let (value, blackhole_span) = match state {
+            Thunk::Done(value) => {
+                let copy = value.clone();
+                self.thunks[thunk.0 as usize] = Thunk::Done(value);
+                return Ok(copy);
+            }
+            Thunk::Blackhole { span } => {
+                self.thunks[thunk.0 as usize] = Thunk::Blackhole { span };
+                return Err(
+                    error(span, "infinite recursion: this value depends on itself")
+                        .with_label("evaluating this requires its own value"),
+                );
+            }
+            Thunk::Expr { expr, env } => {
+                let span = self.ast[expr].span;
+                self.thunks[thunk.0 as usize] = Thunk::Blackhole { span };
+                (self.eval(expr, env), span)
+            }
+            Thunk::Apply {
+                function,
+                argument,
+                span,
+            } => {
+                self.thunks[thunk.0 as usize] = Thunk::Blackhole { span };
+                let result = self
+                    .force(function)
+                    .and_then(|f| self.apply(f, argument, span));
+                (result, span)
+            }
+            Thunk::Select { source, name, span } => {
+                self.thunks[thunk.0 as usize] = Thunk::Blackhole { span };
+                let result = self.force(source).and_then(|set| match &set.kind {
+                    ValueKind::Attrs(attrs) => match attrs.get(&name) {
+                        Some(slot) => self.force(slot.value),
+                        None => Err(self.missing_attribute(&name, &set, span)),
+                    },
+                    other => Err(error(
+                        span,
+                        format!("cannot inherit `{name}` from {}", other.type_name()),
+                    )),
+                });
+                (result, span)
+            }
+        };
+        let _ = blackhole_span;
+        let value = value?;
+        self.thunks[thunk.0 as usize] = Thunk::Done(value.clone());
+        Ok(value)
+    }
+
+    // -----------------------------------------------------------------------
+    // Evaluation
+
+    pub fn eval(&mut self, expr: ExprId, env: EnvId) -> EvalResult<Value> {
+        let span = self.ast[expr].span;
+        self.tick(span)?;
+        self.enter(span)?;
+        let result = self.eval_inner(expr, env, span);
+        self.depth -= 1;
+        result
+    }
+
+    fn eval_inner(&mut self, expr: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let value = |kind| Ok(Value { kind, span });
+        match &self.ast[expr].kind {
+            ExprKind::Null => value(ValueKind::Null),
+            ExprKind::Bool(b) => value(ValueKind::Bool(*b)),
+            ExprKind::Int(n) => value(ValueKind::Int(*n)),
+            ExprKind::Str(parts) => {
+                if let [StrPart::Literal(text)] = parts.as_slice() {
+                    return value(ValueKind::Str(text.clone()));
+                }
+                let parts: Vec<(Option<Name>, Option<ExprId>)> = parts
+                    .iter()
+                    .map(|p| match p {
+                        StrPart::Literal(text) => (Some(text.clone()), None),
+                        StrPart::Interpolation(id) => (None, Some(*id)),
+                    })
+                    .collect();
+                let mut out = String::new();
+                for part in parts {
+                    match part {
+                        (Some(text), _) => out.push_str(&text),
+                        (_, Some(id)) => {
+                            let v = self.eval(id, env)?;
+                            self.coerce_to_string(&v, &mut out, "interpolate")?;
+                        }
+                        _ => {}
+                    }
+                    self.check_string_len(out.len(), span)?;
+                }
+                value(ValueKind::Str(out.into()))
+            }
+            ExprKind::Path(text) => {
+                let text = text.clone();
+                let dir = self.file_dirs.get(&span.file).cloned().unwrap_or_default();
+                let path = normalize(&dir.join(&*text));
+                self.record_file(&path);
+                value(ValueKind::Path(path.into()))
+            }
+            ExprKind::Var(name) => {
+                let name = name.clone();
+                match self.lookup(env, &name) {
+                    Some(thunk) => self.force(thunk),
+                    None => match Builtin::from_name(&name) {
+                        Some(builtin) => value(ValueKind::Builtin {
+                            builtin,
+                            args: Rc::new([]),
+                        }),
+                        None if &*name == "builtins" => Ok(self.builtins_set(span)),
+                        None => Err(self.undefined_variable(&name, env, span)),
+                    },
+                }
+            }
+            ExprKind::List(items) => {
+                let items = items.clone();
+                let thunks: Vec<ThunkId> = items
+                    .iter()
+                    .map(|&item| self.thunk_for(item, env))
+                    .collect();
+                value(ValueKind::List(thunks.into()))
+            }
+            ExprKind::Attrs(set) => {
+                if set.recursive {
+                    let new_env = self.bind_recursive(expr, env)?;
+                    let attrs = self.scope_as_attrs(expr, new_env);
+                    return value(ValueKind::Attrs(Rc::new(attrs)));
+                }
+                let attrs = self.eval_plain_set(expr, env)?;
+                value(ValueKind::Attrs(Rc::new(attrs)))
+            }
+            ExprKind::Let(let_) => {
+                let body = let_.body;
+                let new_env = self.bind_recursive(expr, env)?;
+                self.eval(body, new_env)
+            }
+            ExprKind::Lambda(_) => value(ValueKind::Closure { lambda: expr, env }),
+            ExprKind::Apply { function, argument } => {
+                let (function, argument) = (*function, *argument);
+                let f = self.eval(function, env)?;
+                let arg = self.thunk_for(argument, env);
+                self.apply(f, arg, span)
+            }
+            ExprKind::Select {
+                subject,
+                path,
+                default,
+            } => {
+                let (subject, path, default) = (*subject, path.clone(), *default);
+                let mut current = self.eval(subject, env)?;
+                for name in &path {
+                    let (name, name_span) = self.attr_name(name, env)?;
+                    let found = match &current.kind {
+                        ValueKind::Attrs(attrs) => attrs.get(&*name).copied(),
+                        _ => None,
+                    };
+                    match found {
+                        Some(slot) => current = self.force(slot.value)?,
+                        None => {
+                            if let Some(default) = default {
+                                return self.eval(default, env);
+                            }
+                            return Err(match &current.kind {
+                                ValueKind::Attrs(_) => {
+                                    self.missing_attribute(&name, &current, name_span)
+                                }
+                                other => error(
+                                    name_span,
+                                    format!(
+                                        "cannot select attribute `{name}` from {}",
+                                        other.type_name()
+                                    ),
+                                )
+                                .with_related(
+                                    current.span,
+                                    format!("this is {}", other.type_name()),
+                                ),
+                            });
+                        }
+                    }
+                }
+                Ok(current)
+            }
+            ExprKind::HasAttr { subject, path } => {
+                let (subject, path) = (*subject, path.clone());
+                let mut current = self.eval(subject, env)?;
+                let last = path.len().saturating_sub(1);
+                for (n, name) in path.iter().enumerate() {
+                    let (name, _) = self.attr_name(name, env)?;
+                    let found = match &current.kind {
+                        ValueKind::Attrs(attrs) => attrs.get(&*name).copied(),
+                        _ => None,
+                    };
+                    match found {
+                        Some(_) if n == last => return value(ValueKind::Bool(true)),
+                        Some(slot) => current = self.force(slot.value)?,
+                        None => return value(ValueKind::Bool(false)),
+                    }
+                }
+                value(ValueKind::Bool(true))
+            }
+            ExprKind::If {
+                condition,
+                then_branch,
+                else_branch,
+            } => {
+                let (condition, then_branch, else_branch) =
+                    (*condition, *then_branch, *else_branch);
+                let c = self.eval(condition, env)?;
+                match c.kind {
+                    ValueKind::Bool(true) => self.eval(then_branch, env),
+                    ValueKind::Bool(false) => self.eval(else_branch, env),
+                    other => Err(error(
+                        self.ast[condition].span,
+                        format!(
+                            "the condition of `if` must be a boolean, found {}",
+                            other.type_name()
+                        ),
+                    )),
+                }
+            }
+            ExprKind::Not(operand) => {
+                let operand = *operand;
+                let v = self.eval(operand, env)?;
+                match v.kind {
+                    ValueKind::Bool(b) => value(ValueKind::Bool(!b)),
+                    other => Err(error(
+                        self.ast[operand].span,
+                        format!("`!` needs a boolean, found {}", other.type_name()),
+                    )),
+                }
+            }
+            ExprKind::Negate(operand) => {
+                let operand = *operand;
+                let v = self.eval(operand, env)?;
+                match v.kind {
+                    ValueKind::Int(n) => match n.checked_neg() {
+                        Some(n) => value(ValueKind::Int(n)),
+                        None => Err(error(span, "integer overflow in negation")),
+                    },
+                    other => Err(error(
+                        self.ast[operand].span,
+                        format!("`-` needs an integer, found {}", other.type_name()),
+                    )),
+                }
+            }
+            ExprKind::Binary {
+                op,
+                op_span,
+                lhs,
+                rhs,
+            } => {
+                let (op, op_span, lhs, rhs) = (*op, *op_span, *lhs, *rhs);
+                self.eval_binary(op, op_span, lhs, rhs, env, span)
+            }
+        }
+    }
+
+    fn eval_binary(
+        &mut self,
+        op: BinaryOp,
+        op_span: Span,
+        lhs: ExprId,
+        rhs: ExprId,
+        env: EnvId,
+        span: Span,
+    ) -> EvalResult<Value> {
+        let value = |kind| Ok(Value { kind, span });
+        match op {
+            BinaryOp::Or | BinaryOp::And => {
+                let l = self.eval_bool(lhs, env, op)?;
+                if l == (op == BinaryOp::Or) {
+                    return value(ValueKind::Bool(l));
+                }
+                let r = self.eval_bool(rhs, env, op)?;
+                value(ValueKind::Bool(r))
+            }
+            BinaryOp::Eq | BinaryOp::NotEq => {
+                let l = self.eval(lhs, env)?;
+                let r = self.eval(rhs, env)?;
+                let equal = self.deep_equal(&l, &r, 0, span)?;
+                value(ValueKind::Bool(equal == (op == BinaryOp::Eq)))
+            }
+            _ => {
+                let l = self.eval(lhs, env)?;
+                let r = self.eval(rhs, env)?;
+                let kind = self.binary_values(op, op_span, &l, &r, span)?;
+                value(kind)
+            }
+        }
+    }
+
+    fn eval_bool(&mut self, expr: ExprId, env: EnvId, op: BinaryOp) -> EvalResult<bool> {
+        let v = self.eval(expr, env)?;
+        match v.kind {
+            ValueKind::Bool(b) => Ok(b),
+            other => Err(error(
+                self.ast[expr].span,
+                format!(
+                    "`{}` needs booleans, found {}",
+                    op.symbol(),
+                    other.type_name()
+                ),
+            )),
+        }
+    }
+
+    pub fn binary_values(
+        &mut self,
+        op: BinaryOp,
+        op_span: Span,
+        l: &Value,
+        r: &Value,
+        span: Span,
+    ) -> EvalResult<ValueKind> {
+        use ValueKind::*;
+        let overflow = || error(span, format!("integer overflow in `{}`", op.symbol()));
+        let mismatch = |what: &str| {
+            error(
+                op_span,
+                format!(
+                    "cannot {what} {} and {}",
+                    l.kind.type_name(),
+                    r.kind.type_name()
+                ),
+            )
+            .with_related(l.span, format!("this is {}", l.kind.type_name()))
+            .with_related(r.span, format!("this is {}", r.kind.type_name()))
+        };
+        Ok(match (op, &l.kind, &r.kind) {
+            (BinaryOp::Add, Int(a), Int(b)) => Int(a.checked_add(*b).ok_or_else(overflow)?),
+            (BinaryOp::Sub, Int(a), Int(b)) => Int(a.checked_sub(*b).ok_or_else(overflow)?),
+            (BinaryOp::Mul, Int(a), Int(b)) => Int(a.checked_mul(*b).ok_or_else(overflow)?),
+            (BinaryOp::Div, Int(_), Int(0)) => {
+                return Err(error(span, "division by zero").with_related(r.span, "this is zero"));
+            }
+            (BinaryOp::Div, Int(a), Int(b)) => Int(a.checked_div(*b).ok_or_else(overflow)?),
+            (BinaryOp::Add, Str(a), Str(b)) => {
+                self.check_string_len(a.len() + b.len(), span)?;
+                self.charge((a.len() + b.len()) / 256, span)?;
+                Str(format!("{a}{b}").into())
+            }
+            (BinaryOp::Add, Path(a), Str(b)) => {
+                let joined = format!("{}{b}", a.display());
+                Path(normalize(std::path::Path::new(&joined)).into())
+            }
+            (BinaryOp::Add, Path(a), Path(b)) => {
+                let joined = format!("{}{}", a.display(), b.display());
+                Path(normalize(std::path::Path::new(&joined)).into())
+            }
+            (BinaryOp::Add, Str(a), Path(b)) => Str(format!("{a}{}", b.display()).into()),
+            (BinaryOp::Add, _, _) => return Err(mismatch("add")),
+            (BinaryOp::Sub, _, _) => return Err(mismatch("subtract")),
+            (BinaryOp::Mul, _, _) => return Err(mismatch("multiply")),
+            (BinaryOp::Div, _, _) => return Err(mismatch("divide")),
+            (BinaryOp::Concat, List(a), List(b)) => {
+                self.charge(a.len() + b.len(), span)?;
+                let mut items = Vec::with_capacity(a.len() + b.len());
+                items.extend_from_slice(a);
+                items.extend_from_slice(b);
+                List(items.into())
+            }
+            (BinaryOp::Concat, _, _) => {
+                return Err(mismatch("concatenate (`++` joins lists)"));
+            }
+            (BinaryOp::Update, Attrs(a), Attrs(b)) => {
+                self.charge(a.len() + b.len(), span)?;
+                if a.is_empty() {
+                    Attrs(b.clone())
+                } else if b.is_empty() {
+                    Attrs(a.clone())
+                } else {
+                    let mut merged = (**a).clone();
+                    merged.extend(b.iter().map(|(k, v)| (k.clone(), *v)));
+                    Attrs(Rc::new(merged))
+                }
+            }
+            (BinaryOp::Update, _, _) => {
+                return Err(mismatch("update (`//` merges attribute sets)"));
+            }
+            (BinaryOp::Less | BinaryOp::LessEq | BinaryOp::Greater | BinaryOp::GreaterEq, _, _) => {
+                let ordering = match (&l.kind, &r.kind) {
+                    (Int(a), Int(b)) => a.cmp(b),
+                    (Str(a), Str(b)) => a.cmp(b),
+                    _ => return Err(mismatch("compare")),
+                };
+                Bool(match op {
+                    BinaryOp::Less => ordering.is_lt(),
+                    BinaryOp::LessEq => ordering.is_le(),
+                    BinaryOp::Greater => ordering.is_gt(),
+                    _ => ordering.is_ge(),
+                })
+            }
+            (BinaryOp::Or | BinaryOp::And | BinaryOp::Eq | BinaryOp::NotEq, _, _) => {
+                return Err(error(span, "internal error: unexpected operator"));
+            }
+        })
+    }
+
+    pub fn deep_equal(
+        &mut self,
+        a: &Value,
+        b: &Value,
+        depth: usize,
+        span: Span,
+    ) -> EvalResult<bool> {
+        use ValueKind::*;
+        if depth > MAX_VALUE_DEPTH {
+            return Err(error(
+                span,
+                "values compared are nested too deeply (are they self-referential?)",
+            ));
+        }
+        self.tick(span)?;
+        Ok(match (&a.kind, &b.kind) {
+            (Null, Null) => true,
+            (Bool(x), Bool(y)) => x == y,
+            (Int(x), Int(y)) => x == y,
+            (Str(x), Str(y)) => x == y,
+            (Path(x), Path(y)) => x == y,
+            (List(x), List(y)) => {
+                if x.len() != y.len() {
+                    return Ok(false);
+                }
+                let (x, y) = (x.clone(), y.clone());
+                for (&tx, &ty) in x.iter().zip(y.iter()) {
+                    let vx = self.force(tx)?;
+                    let vy = self.force(ty)?;
+                    if !self.deep_equal(&vx, &vy, depth + 1, span)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            (Attrs(x), Attrs(y)) => {
+                if x.len() != y.len() || !x.keys().eq(y.keys()) {
+                    return Ok(false);
+                }
+                let (x, y) = (x.clone(), y.clone());
+                for (sx, sy) in x.values().zip(y.values()) {
+                    let vx = self.force(sx.value)?;
+                    let vy = self.force(sy.value)?;
+                    if !self.deep_equal(&vx, &vy, depth + 1, span)? {
+                        return Ok(false);
+                    }
+                }
+                true
+            }
+            _ => false,
+        })
+    }
+
+    fn attr_name(&mut self, name: &AttrName, env: EnvId) -> EvalResult<(Name, Span)> {
+        match name {
+            AttrName::Static(name, span) => Ok((name.clone(), *span)),
+            AttrName::Dynamic(expr) => {
+                let expr = *expr;
+                let v = self.eval(expr, env)?;
+                match v.kind {
+                    ValueKind::Str(s) => Ok((s, self.ast[expr].span)),
+                    other => Err(error(
+                        self.ast[expr].span,
+                        format!(
+                            "an attribute name must be a string, found {}",
+                            other.type_name()
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Creates the scope of a `let` or `rec` set: every binding can see
+    /// every other one (lazily, so order does not matter).
+    fn bind_recursive(&mut self, binder: ExprId, env: EnvId) -> EvalResult<EnvId> {
+        let bindings = match &self.ast[binder].kind {
+            ExprKind::Let(let_) => &let_.bindings,
+            ExprKind::Attrs(set) => &set.bindings,
+            _ => return Err(error(self.ast[binder].span, "internal error: not a binder")),
+        };
+        let plan: Vec<(Name, Span, BindingPlan)> = bindings
+            .iter()
+            .map(|b| {
+                let plan = match &b.value {
+                    BindingValue::Expr(e) => BindingPlan::Expr(*e),
+                    BindingValue::Inherit => BindingPlan::Inherit,
+                    BindingValue::InheritFrom(e) => BindingPlan::From(*e),
+                };
+                (b.name.clone(), b.name_span, plan)
+            })
+            .collect();
+        let new_env = self.alloc_env(Scope {
+            binder: Some(binder),
+            vars: Vars::Many(Box::new([])),
+            parent: Some(env),
+        });
+        let mut vars = Vec::with_capacity(plan.len());
+        let mut sources: Vec<(ExprId, ThunkId)> = Vec::new();
+        for (name, name_span, plan) in plan {
+            let thunk = match plan {
+                BindingPlan::Expr(e) => self.alloc_thunk(Thunk::Expr {
+                    expr: e,
+                    env: new_env,
+                }),
+                BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
+                BindingPlan::From(source) => {
+                    let source = self.shared_source(&mut sources, source, new_env);
+                    self.alloc_thunk(Thunk::Select {
+                        source,
+                        name,
+                        span: name_span,
+                    })
+                }
+            };
+            vars.push(thunk);
+        }
+        self.envs[new_env.0 as usize].vars = Vars::Many(vars.into_boxed_slice());
+        Ok(new_env)
+    }
+
+    fn shared_source(
+        &mut self,
+        sources: &mut Vec<(ExprId, ThunkId)>,
+        expr: ExprId,
+        env: EnvId,
+    ) -> ThunkId {
+        if let Some(&(_, thunk)) = sources.iter().find(|(e, _)| *e == expr) {
+            return thunk;
+        }
+        let thunk = self.thunk_for(expr, env);
+        sources.push((expr, thunk));
+        thunk
+    }
+
+    fn inherit_var(&mut self, name: &Name, span: Span, env: EnvId) -> EvalResult<ThunkId> {
+        match self.lookup(env, name) {
+            Some(thunk) => Ok(thunk),
+            None => {
+                if let Some(builtin) = Builtin::from_name(name) {
+                    return Ok(self.done(Value {
+                        kind: ValueKind::Builtin {
+                            builtin,
+                            args: Rc::new([]),
+                        },
+                        span,
+                    }));
+                }
+                if &**name == "builtins" {
+                    let set = self.builtins_set(span);
+                    return Ok(self.done(set));
+                }
+                Err(self.undefined_variable(name, env, span))
+            }
+        }
+    }
+
+    /// The attribute set of a `rec` set's scope.
+    fn scope_as_attrs(&self, binder: ExprId, env: EnvId) -> AttrMap {
+        let mut attrs = AttrMap::new();
+        if let ExprKind::Attrs(set) = &self.ast[binder].kind {
+            for (n, binding) in set.bindings.iter().enumerate() {
+                if let Some(value) = self.envs[env.0 as usize].vars.get(n) {
+                    attrs.insert(
+                        binding.name.clone(),
+                        AttrSlot {
+                            name_span: binding.name_span,
+                            value,
+                        },
+                    );
+                }
+            }
+        }
+        attrs
+    }
+
+    fn eval_plain_set(&mut self, expr: ExprId, env: EnvId) -> EvalResult<AttrMap> {
+        let ExprKind::Attrs(set) = &self.ast[expr].kind else {
+            return Ok(AttrMap::new());
+        };
+        let plan: Vec<(Name, Span, BindingPlan)> = set
+            .bindings
+            .iter()
+            .map(|b| {
+                let plan = match &b.value {
+                    BindingValue::Expr(e) => BindingPlan::Expr(*e),
+                    BindingValue::Inherit => BindingPlan::Inherit,
+                    BindingValue::InheritFrom(e) => BindingPlan::From(*e),
+                };
+                (b.name.clone(), b.name_span, plan)
+            })
+            .collect();
+        let dynamic: Vec<(ExprId, ExprId)> =
+            set.dynamic.iter().map(|d| (d.name, d.value)).collect();
+        let mut attrs = AttrMap::new();
+        let mut sources: Vec<(ExprId, ThunkId)> = Vec::new();
+        for (name, name_span, plan) in plan {
+            let value = match plan {
+                BindingPlan::Expr(e) => self.thunk_for(e, env),
+                BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
+                BindingPlan::From(source) => {
+                    let source = self.shared_source(&mut sources, source, env);
+                    self.alloc_thunk(Thunk::Select {
+                        source,
+                        name: name.clone(),
+                        span: name_span,
+                    })
+                }
+            };
+            attrs.insert(name, AttrSlot { name_span, value });
+        }
+        for (name_expr, value_expr) in dynamic {
+            let name_value = self.eval(name_expr, env)?;
+            let name_span = self.ast[name_expr].span;
+            let name: Name = match name_value.kind {
+                ValueKind::Str(s) => s,
+                // As in Nix: `{ ${null} = 1; }` defines nothing.
+                ValueKind::Null => continue,
+                other => {
+                    return Err(error(
+                        name_span,
+                        format!(
+                            "an attribute name must be a string, found {}",
+                            other.type_name()
+                        ),
+                    ));
+                }
+            };
+            if let Some(existing) = attrs.get(&name) {
+                return Err(
+                    error(name_span, format!("attribute `{name}` is already defined"))
+                        .with_related(existing.name_span, "first defined here"),
+                );
+            }
+            let value = self.thunk_for(value_expr, env);
+            attrs.insert(name, AttrSlot { name_span, value });
+        }
+        Ok(attrs)
+    }
+
+    // -----------------------------------------------------------------------
+    // Application
+
+    pub fn apply(&mut self, function: Value, argument: ThunkId, span: Span) -> EvalResult<Value> {
+        self.tick(span)?;
+        self.enter(span)?;
+        let result = self.apply_inner(function, argument, span);
+        self.depth -= 1;
+        result
+    }
+
+    fn apply_inner(&mut self, function: Value, argument: ThunkId, span: Span) -> EvalResult<Value> {
+        match function.kind {
+            ValueKind::Closure { lambda, env } => self.call_closure(lambda, env, argument, span),
+            ValueKind::Builtin { builtin, args } => {
+                let mut all = Vec::with_capacity(args.len() + 1);
+                all.extend_from_slice(&args);
+                all.push(argument);
+                if all.len() < builtin.arity() {
+                    return Ok(Value {
+                        kind: ValueKind::Builtin {
+                            builtin,
+                            args: all.into(),
+                        },
+                        span,
+                    });
+                }
+                self.call_builtin(builtin, &all, span)
+            }
+            other => Err(error(
+                span,
+                format!(
+                    "attempt to call {}, which is not a function",
+                    other.type_name()
+                ),
+            )
+            .with_related(function.span, format!("this is {}", other.type_name()))),
+        }
+    }
+
+    fn call_closure(
+        &mut self,
+        lambda: ExprId,
+        env: EnvId,
+        argument: ThunkId,
+        span: Span,
+    ) -> EvalResult<Value> {
+        let ExprKind::Lambda(def) = &self.ast[lambda].kind else {
+            return Err(error(span, "internal error: not a function"));
+        };
+        let body = def.body;
+        let formals = match &def.param {
+            Param::Ident(..) => {
+                let new_env = self.alloc_env(Scope {
+                    binder: Some(lambda),
+                    vars: Vars::One(argument),
+                    parent: Some(env),
+                });
+                return self.eval(body, new_env);
+            }
+            Param::Formals(formals) => formals,
+        };
+        let formals_span = formals.span;
+        let ellipsis = formals.ellipsis;
+        let has_bind_as = formals.bind_as.is_some();
+        let list: Vec<(Name, Option<ExprId>)> = formals
+            .formals
+            .iter()
+            .map(|f| (f.name.clone(), f.default))
+            .collect();
+        let arg = self.force(argument)?;
+        let ValueKind::Attrs(attrs) = &arg.kind else {
+            return Err(error(
+                span,
+                format!(
+                    "this function expects an attribute set argument, but was called with {}",
+                    arg.kind.type_name()
+                ),
+            )
+            .with_related(formals_span, "the function's formals are here"));
+        };
+        if !ellipsis {
+            for (name, slot) in attrs.iter() {
+                if !list.iter().any(|(n, _)| n == name) {
+                    let expected: Vec<&str> = list.iter().map(|(n, _)| &**n).collect();
+                    let mut diagnostic = error(
+                        span,
+                        format!("function called with unexpected argument `{name}`"),
+                    )
+                    .with_related(slot.name_span, "the argument is given here")
+                    .with_related(formals_span, "the function's formals are here");
+                    diagnostic = match super::suggest::did_you_mean(name, expected.iter().copied()) {
+                        Some(s) => diagnostic.with_help(format!("did you mean `{s}`?")),
+                        None if expected.is_empty() => diagnostic.with_help("the function takes no arguments; add `...` to the formals to allow any"),
+                        None => diagnostic.with_help(format!(
+                            "the function takes {}; add `...` to the formals to allow others",
+                            expected.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                        )),
+                    };
+                    return Err(diagnostic);
+                }
+            }
+        }
+        let attrs = attrs.clone();
+        let new_env = self.alloc_env(Scope {
+            binder: Some(lambda),
+            vars: Vars::Many(Box::new([])),
+            parent: Some(env),
+        });
+        let mut vars = Vec::with_capacity(list.len() + 1);
+        for (name, default) in list {
+            let thunk = match (attrs.get(&name), default) {
+                (Some(slot), _) => slot.value,
+                (None, Some(default)) => self.thunk_for(default, new_env),
+                (None, None) => {
+                    return Err(error(
+                        span,
+                        format!("function called without required argument `{name}`"),
+                    )
+                    .with_related(formals_span, "the function's formals are here"));
+                }
+            };
+            vars.push(thunk);
+        }
+        if has_bind_as {
+            vars.push(argument);
+        }
+        self.envs[new_env.0 as usize].vars = Vars::Many(vars.into_boxed_slice());
+        self.eval(body, new_env)
+    }
+
+    // -----------------------------------------------------------------------
+    // Errors and helpers
+
+    fn undefined_variable(&self, name: &str, env: EnvId, span: Span) -> Diagnostic {
+        let names = self.visible_names(env);
+        let mut diagnostic = error(span, format!("undefined variable `{name}`"));
+        if let Some(s) = super::suggest::did_you_mean(name, names.iter().map(String::as_str)) {
+            diagnostic = diagnostic.with_help(format!("did you mean `{s}`?"));
+        }
+        diagnostic
+    }
+
+    pub fn missing_attribute(&self, name: &str, set: &Value, span: Span) -> Diagnostic {
+        let mut diagnostic = error(span, format!("attribute `{name}` missing"));
+        if let ValueKind::Attrs(attrs) = &set.kind {
+            if let Some(s) = super::suggest::did_you_mean(name, attrs.keys().map(|k| &**k)) {
+                diagnostic = diagnostic.with_help(format!("did you mean `{s}`?"));
+            } else if attrs.is_empty() {
+                diagnostic = diagnostic.with_help("the attribute set is empty");
+            }
+        }
+        diagnostic = diagnostic.with_related(set.span, "the attribute set is defined here");
+        diagnostic
+    }
+
+    pub fn check_string_len(&self, len: usize, span: Span) -> EvalResult<()> {
+        if len > MAX_STRING {
+            return Err(error(
+                span,
+                format!("string too long ({len} bytes; the limit is {MAX_STRING})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends a value that may appear in a string (string, integer, path).
+    pub fn coerce_to_string(&mut self, v: &Value, out: &mut String, verb: &str) -> EvalResult<()> {
+        match &v.kind {
+            ValueKind::Str(s) => out.push_str(s),
+            ValueKind::Int(n) => out.push_str(&n.to_string()),
+            ValueKind::Path(p) => out.push_str(&p.to_string_lossy()),
+            other => {
+                return Err(error(v.span, format!("cannot {verb} {} into a string", other.type_name()))
+                    .with_help("only strings, integers and paths can be; convert others with `toString` or `toJSON`")
+                    );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn builtins_set(&mut self, span: Span) -> Value {
+        if let Some(set) = &self.builtins_set {
+            return set.clone();
+        }
+        let mut attrs = AttrMap::new();
+        for builtin in Builtin::ALL {
+            let value = self.done(Value {
+                kind: ValueKind::Builtin {
+                    builtin: *builtin,
+                    args: Rc::new([]),
+                },
+                span,
+            });
+            attrs.insert(
+                builtin.name().into(),
+                AttrSlot {
+                    name_span: span,
+                    value,
+                },
+            );
+        }
+        let set = Value {
+            kind: ValueKind::Attrs(Rc::new(attrs)),
+            span,
+        };
+        self.builtins_set = Some(set.clone());
+        set
+    }
+
+    // -----------------------------------------------------------------------
+    // Imports
+
+    pub fn import(&mut self, path: &Path, span: Span) -> EvalResult<Value> {
+        let path = if path.is_dir() {
+            path.join("default.kiln")
+        } else {
+            path.to_path_buf()
+        };
+        if let Some(value) = self.imports.get(&path) {
+            return Ok(value.clone());
+        }
+        if let Some(start) = self.import_stack.iter().position(|p| *p == path) {
+            let chain: Vec<String> = self.import_stack[start..]
+                .iter()
+                .chain(std::iter::once(&path))
+                .map(|p| self.display_name(p).display().to_string())
+                .collect();
+            return Err(error(span, format!("import cycle: {}", chain.join(" → ")))
+                .with_label("this import closes the cycle"));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Diagnostic::error(
+                Phase::Io,
+                format!(
+                    "cannot import `{}`: {e}",
+                    self.display_name(&path).display()
+                ),
+                Some(span),
+            )
+        })?;
+        let display = self.display_name(&path);
+        let file = load_text(self.sources, &path, &display, bytes)?;
+        self.import_stack.push(path.clone());
+        let result = self.eval_loaded_file(file, &path);
+        self.import_stack.pop();
+        let value = result?;
+        self.imports.insert(path, value.clone());
+        Ok(value)
+    }
+
+    /// How a file is named in diagnostics: relative to the root manifest's
+    /// directory, prefixed the way the root manifest was named.
+    pub fn display_name(&self, path: &Path) -> PathBuf {
+        normalize_display(
+            &self
+                .root_display_dir
+                .join(relative_to(path, &self.root_dir)),
+        )
+    }
+
+    // -----------------------------------------------------------------------
+    // Deep forcing
+
+    pub fn force_node(&mut self, value: Value, depth: usize) -> EvalResult<Node> {
+        if depth > MAX_VALUE_DEPTH {
+            return Err(error(
+                value.span,
+                format!("value nested more than {MAX_VALUE_DEPTH} levels deep"),
+            )
+            .with_help("is it self-referential, like `let x = [ x ]; in x`?"));
+        }
+        self.tick(value.span)?;
+        let data = match value.kind {
+            ValueKind::Null => Data::Null,
+            ValueKind::Bool(b) => Data::Bool(b),
+            ValueKind::Int(n) => Data::Int(n),
+            ValueKind::Str(s) => Data::Str(s.to_string()),
+            ValueKind::Path(p) => Data::Path(p.to_path_buf()),
+            ValueKind::List(items) => {
+                let mut nodes = Vec::with_capacity(items.len());
+                for &item in items.iter() {
+                    let v = self.force(item)?;
+                    nodes.push(self.force_node(v, depth + 1)?);
+                }
+                Data::List(nodes)
+            }
+            ValueKind::Attrs(attrs) => {
+                let mut map = BTreeMap::new();
+                for (name, slot) in attrs.iter() {
+                    let v = self.force(slot.value)?;
+                    let node = self.force_node(v, depth + 1)?;
+                    map.insert(
+                        name.to_string(),
+                        Attr {
+                            name_span: slot.name_span,
+                            value: node,
+                        },
+                    );
+                }
+                Data::Attrs(map)
+            }
+            ValueKind::Closure { .. } | ValueKind::Builtin { .. } => Data::Function,
+        };
+        Ok(Node {
+            data,
+            span: value.span,
+        })
+    }
+}
+
+enum BindingPlan {
+    Expr(ExprId),
+    Inherit,
+    From(ExprId),
+}
+
+fn normalize_display(path: &Path) -> PathBuf {
+    // Keep a leading `..` (display names may point above the root's dir).
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if matches!(
+                    out.components().next_back(),
+                    Some(std::path::Component::Normal(_))
+                ) {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Adds a file's bytes to `sources`, or explains where it is not UTF-8.
+pub(crate) fn load_text(
+    sources: &mut SourceMap,
+    path: &Path,
+    display: &Path,
+    bytes: Vec<u8>,
+) -> EvalResult<FileId> {
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(sources.add_named(path, &display.display().to_string(), text)),
+        Err(e) => {
+            let offset = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let file = sources.add_named(path, &display.display().to_string(), text);
+            Err(Diagnostic::error(
+                Phase::Syntax,
+                format!("the file is not valid UTF-8 (invalid byte at offset {offset})"),
+                Some(Span::new(file, offset, offset + 1)),
+            )
+            .with_help("kiln manifests must be UTF-8 text"))
+        }
+    }
+}
