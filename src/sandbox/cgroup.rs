@@ -3,8 +3,10 @@
 //!
 //! cgroup v2 (a unified hierarchy at /sys/fs/cgroup): `kiln/<helper pid>`
 //! below the root, with `memory` and `pids` enabled in `subtree_control`.
-//! cgroup v1 (hybrid layouts such as this machine's): `kiln/<helper pid>` in
-//! the `memory` and `pids` hierarchies. A limit that cannot be applied (no
+//! cgroup v1 (hybrid layouts such as this machine's): `kiln/<helper pid>`
+//! below the helper's own cgroup in the `memory` and `pids` hierarchies, so
+//! limits of an enclosing cgroup still hold. The `kiln` directories are left
+//! in place (another sandbox may be using them). A limit that cannot be applied (no
 //! such controller, not root) is a setup failure that says so: the job
 //! never runs unlimited by surprise.
 
@@ -59,12 +61,23 @@ fn make_dir(sys: &mut impl Sys, limit: &'static str, path: &Path) -> Result<(), 
 impl Cgroup {
     /// Creates the cgroup and writes the limits; `None` when there are none.
     pub fn prepare(sys: &mut impl Sys, limits: &Limits) -> Result<Option<Cgroup>, SandboxError> {
-        Self::prepare_in(sys, Path::new(CGROUP_ROOT), limits, std::process::id())
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Self::prepare_in(
+            sys,
+            Path::new(CGROUP_ROOT),
+            &own,
+            limits,
+            std::process::id(),
+        )
     }
 
     pub(super) fn prepare_in(
         sys: &mut impl Sys,
         root: &Path,
+        own_cgroups: &str,
         limits: &Limits,
         id: u32,
     ) -> Result<Option<Cgroup>, SandboxError> {
@@ -90,7 +103,7 @@ impl Cgroup {
         let result = if root.join("cgroup.controllers").exists() {
             cgroup.prepare_v2(sys, root, &wanted, id)
         } else {
-            cgroup.prepare_v1(sys, root, &wanted, id)
+            cgroup.prepare_v1(sys, root, own_cgroups, &wanted, id)
         };
         match result {
             Ok(()) => Ok(Some(cgroup)),
@@ -150,16 +163,17 @@ impl Cgroup {
         &mut self,
         sys: &mut impl Sys,
         root: &Path,
+        own_cgroups: &str,
         wanted: &[(&'static str, String)],
         id: u32,
     ) -> Result<(), SandboxError> {
         for (limit, value) in wanted {
-            let (hierarchy, file) = match *limit {
-                "memory" => ("memory", "memory.limit_in_bytes"),
-                _ => ("pids", "pids.max"),
+            let file = match *limit {
+                "memory" => "memory.limit_in_bytes",
+                _ => "pids.max",
             };
-            let hierarchy = root.join(hierarchy);
-            if !hierarchy.join(file).exists() {
+            let hierarchy = root.join(limit);
+            if !hierarchy.join("cgroup.procs").exists() {
                 return Err(failure(
                     limit,
                     format!(
@@ -168,8 +182,12 @@ impl Cgroup {
                     ),
                 ));
             }
-            make_dir(sys, limit, &hierarchy.join("kiln"))?;
-            let dir = hierarchy.join("kiln").join(id.to_string());
+            let own = own_v1_cgroup(own_cgroups, limit);
+            let parent = hierarchy
+                .join(own.strip_prefix("/").unwrap_or(own))
+                .join("kiln");
+            make_dir(sys, limit, &parent)?;
+            let dir = parent.join(id.to_string());
             make_dir(sys, limit, &dir)?;
             self.dirs.push(dir.clone());
             write(sys, limit, &dir.join(file), value)?;
@@ -202,4 +220,21 @@ impl Cgroup {
             }
         }
     }
+}
+
+/// The helper's own cgroup in the v1 hierarchy of `controller`, from
+/// `/proc/self/cgroup` lines `ID:CONTROLLERS:PATH`; `/` when not listed.
+fn own_v1_cgroup<'a>(own_cgroups: &'a str, controller: &str) -> &'a str {
+    own_cgroups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then_some(path)
+        })
+        .next()
+        .unwrap_or("/")
 }

@@ -299,12 +299,13 @@ fn cgroup_v1_and_v2_layouts() {
         pids: Some(32),
     };
     let v1 = tempfile::tempdir().unwrap();
-    for (dir, file) in [("memory", "memory.limit_in_bytes"), ("pids", "pids.max")] {
+    for dir in ["memory", "pids"] {
         std::fs::create_dir_all(v1.path().join(dir)).unwrap();
-        std::fs::write(v1.path().join(dir).join(file), "").unwrap();
+        std::fs::write(v1.path().join(dir).join("cgroup.procs"), "").unwrap();
     }
+    let own = "8:pids:/\n4:memory:/outer/job\n0::/\n";
     let mut sys = RecordingSys::default();
-    let cgroup = Cgroup::prepare_in(&mut sys, v1.path(), &limits, 7)
+    let cgroup = Cgroup::prepare_in(&mut sys, v1.path(), own, &limits, 7)
         .unwrap()
         .unwrap();
     cgroup
@@ -315,23 +316,23 @@ fn cgroup_v1_and_v2_layouts() {
         .transcript()
         .replace(&v1.path().display().to_string(), "CG");
     expect![[r#"
-        mkdir CG/memory/kiln 755
-        mkdir CG/memory/kiln/7 755
-        write CG/memory/kiln/7/memory.limit_in_bytes "67108864"
+        mkdir CG/memory/outer/job/kiln 755
+        mkdir CG/memory/outer/job/kiln/7 755
+        write CG/memory/outer/job/kiln/7/memory.limit_in_bytes "67108864"
         mkdir CG/pids/kiln 755
         mkdir CG/pids/kiln/7 755
         write CG/pids/kiln/7/pids.max "32"
-        write CG/memory/kiln/7/cgroup.procs "42"
+        write CG/memory/outer/job/kiln/7/cgroup.procs "42"
         write CG/pids/kiln/7/cgroup.procs "42"
         rmdir CG/pids/kiln/7
-        rmdir CG/memory/kiln/7
+        rmdir CG/memory/outer/job/kiln/7
     "#]]
     .assert_eq(&shown);
 
     let v2 = tempfile::tempdir().unwrap();
     std::fs::write(v2.path().join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
     let mut sys = RecordingSys::default();
-    Cgroup::prepare_in(&mut sys, v2.path(), &limits, 7)
+    Cgroup::prepare_in(&mut sys, v2.path(), "0::/\n", &limits, 7)
         .unwrap()
         .unwrap();
     let shown = sys
@@ -349,7 +350,8 @@ fn cgroup_v1_and_v2_layouts() {
 
     // A missing controller is a clear failure, not a silent "unlimited".
     std::fs::write(v2.path().join("cgroup.controllers"), "cpu io\n").unwrap();
-    let err = Cgroup::prepare_in(&mut RecordingSys::default(), v2.path(), &limits, 7).unwrap_err();
+    let err =
+        Cgroup::prepare_in(&mut RecordingSys::default(), v2.path(), "", &limits, 7).unwrap_err();
     assert_eq!(
         err.to_string(),
         "cgroup limit memory cannot be applied: the cgroup v2 controller `memory` is not available"
@@ -357,6 +359,7 @@ fn cgroup_v1_and_v2_layouts() {
     let none = Cgroup::prepare_in(
         &mut RecordingSys::default(),
         v2.path(),
+        "",
         &Limits::default(),
         7,
     )
