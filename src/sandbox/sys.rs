@@ -40,6 +40,8 @@ pub trait Sys {
     /// Creates a new file (it must not exist) holding `contents`.
     fn create_file(&mut self, path: &Path, contents: &[u8], mode: u32) -> nix::Result<()>;
     fn symlink(&mut self, target: &Path, link: &Path) -> nix::Result<()>;
+    /// Creates a character device node.
+    fn mknod_char(&mut self, path: &Path, mode: u32, major: u64, minor: u64) -> nix::Result<()>;
     fn sethostname(&mut self, name: &str) -> nix::Result<()>;
     /// Writes an existing control file (`/proc/self/uid_map`, cgroup files).
     fn write_control_file(&mut self, path: &Path, contents: &str) -> nix::Result<()>;
@@ -131,6 +133,23 @@ impl Sys for RealSys {
 
     fn symlink(&mut self, target: &Path, link: &Path) -> nix::Result<()> {
         std::os::unix::fs::symlink(target, link).map_err(io_errno)
+    }
+
+    fn mknod_char(&mut self, path: &Path, mode: u32, major: u64, minor: u64) -> nix::Result<()> {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        mknod(
+            path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )?;
+        // mknod applies the umask; device nodes must be exactly `mode`.
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
     }
 
     fn sethostname(&mut self, name: &str) -> nix::Result<()> {
@@ -315,6 +334,19 @@ pub mod recording {
                 "symlink {} -> {}",
                 link.display(),
                 target.display()
+            ))
+        }
+
+        fn mknod_char(
+            &mut self,
+            path: &Path,
+            mode: u32,
+            major: u64,
+            minor: u64,
+        ) -> nix::Result<()> {
+            self.record(format!(
+                "mknod {} c {major}:{minor} {mode:o}",
+                path.display()
             ))
         }
 
