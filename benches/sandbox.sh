@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Container job overhead: a job running `true` in kiln's sandbox (the "host"
+# view: read-only host root, workspace overlay, /proc, /dev, /tmp, loopback
+# network) against `bwrap --unshare-all --ro-bind / / true`, side by side in
+# one hyperfine run. Target: kiln <= 2x bwrap. Needs root (or user
+# namespaces); installs bubblewrap and hyperfine from Debian when missing.
+#
+#   bash benches/sandbox.sh            # builds kiln --release first
+#   KILN=path/to/kiln bash benches/sandbox.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+if [ -z "${KILN:-}" ]; then
+  cargo build --release --quiet --bin kiln
+  KILN="$PWD/target/release/kiln"
+fi
+
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+mkdir -p "$scratch"/{base,upper,work,run}
+echo hello > "$scratch/base/file"
+echo true > "$scratch/job.sh"
+cat > "$scratch/run/spec.json" <<JSON
+{
+  "root": { "host": { "exclude": [] } },
+  "workspace": {
+    "path": "/work",
+    "lower": ["$scratch/base"],
+    "upper": "$scratch/upper",
+    "work": "$scratch/work"
+  },
+  "script": "$scratch/job.sh",
+  "env": [["PATH", "/usr/bin:/bin"]]
+}
+JSON
+
+kiln_job="$KILN __sandbox $scratch/run/spec.json $scratch/run/status.json"
+# Sanity: both really run and succeed.
+$kiln_job
+bwrap --unshare-all --ro-bind / / true
+
+hyperfine --warmup 20 --min-runs 300 -N \
+  --export-json "$scratch/results.json" \
+  -n "kiln sandbox (host view) true" "$kiln_job" \
+  -n "bwrap --unshare-all --ro-bind / / true" "bwrap --unshare-all --ro-bind / / true"
+
+python3 - "$scratch/results.json" <<'PY'
+import json, sys
+results = json.load(open(sys.argv[1]))["results"]
+kiln, bwrap = (r["mean"] for r in results)
+print(f"kiln / bwrap = {kiln / bwrap:.2f}x (target <= 2x)")
+PY

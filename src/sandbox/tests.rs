@@ -1,0 +1,442 @@
+//! Unit tests of the setup sequence over the recording seam (no root).
+
+use std::path::{Path, PathBuf};
+
+use expect_test::expect;
+
+use super::cgroup::Cgroup;
+use super::error::SandboxError;
+use super::plan::{HostEntry, Mask, Plan, PlannedRoot, plan_host_view};
+use super::setup;
+use super::spec::{Limits, RootFs, SandboxSpec, WorkspaceSpec};
+use super::sys::recording::RecordingSys;
+
+fn plan(root: PlannedRoot) -> Plan {
+    Plan {
+        root,
+        workspace_path: PathBuf::from("/work"),
+        workspace_lower: vec![PathBuf::from("/layers/dep"), PathBuf::from("/layers/base")],
+        workspace_upper: PathBuf::from("/run/job/upper"),
+        workspace_work: PathBuf::from("/run/job/work"),
+        script: b"echo hi\n".to_vec(),
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ],
+        hostname: "kiln".into(),
+        network: false,
+        limits: Limits::default(),
+        user_namespace: None,
+    }
+}
+
+fn host_plan() -> Plan {
+    plan(PlannedRoot::Host {
+        entries: vec![
+            HostEntry::Symlink {
+                name: "bin".into(),
+                target: "usr/bin".into(),
+            },
+            HostEntry::Empty("dev".into()),
+            HostEntry::Bind("etc".into()),
+            HostEntry::Empty("home".into()),
+            HostEntry::Empty("proc".into()),
+            HostEntry::Bind("usr".into()),
+            HostEntry::Bind("var".into()),
+            HostEntry::Empty("work".into()),
+        ],
+        masks: vec![
+            Mask::Dir("/var/tmp".into()),
+            Mask::File("/etc/secret".into()),
+        ],
+    })
+}
+
+#[test]
+fn host_view_sequence() {
+    let mut sys = RecordingSys::default();
+    let plan = host_plan();
+    setup::enter_namespaces(&mut sys, &plan).unwrap();
+    setup::configure_namespaces(&mut sys, &plan).unwrap();
+    setup::build_root(&mut sys, &plan).unwrap();
+    let err = setup::exec_job(&mut sys, &plan);
+    assert!(matches!(err, SandboxError::Exec { .. }), "{err}");
+    expect![[r#"
+        unshare CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWPID|CLONE_NEWNET
+        sethostname kiln
+        ioctl SIOCSIFFLAGS lo up
+        unshare CLONE_NEWNS
+        mount - / type=- flags=MS_REC|MS_PRIVATE data=-
+        mount tmpfs /tmp type=tmpfs flags=MS_NOSUID|MS_NODEV data=mode=0755
+        chdir /tmp
+        mkdir /tmp/newroot 755
+        mkdir /tmp/oldroot 755
+        mkdir /tmp/empty-layer 755
+        pivot_root /tmp /tmp/oldroot
+        chdir /
+        mount tmpfs /newroot type=tmpfs flags=MS_NOSUID|MS_NODEV data=mode=0755
+        symlink /newroot/bin -> usr/bin
+        mkdir /newroot/dev 755
+        mkdir /newroot/etc 755
+        mount /oldroot/etc /newroot/etc type=- flags=MS_BIND|MS_REC data=-
+        mkdir /newroot/home 755
+        mkdir /newroot/proc 755
+        mkdir /newroot/usr 755
+        mount /oldroot/usr /newroot/usr type=- flags=MS_BIND|MS_REC data=-
+        mkdir /newroot/var 755
+        mount /oldroot/var /newroot/var type=- flags=MS_BIND|MS_REC data=-
+        mkdir /newroot/work 755
+        mkdir /newroot/proc 755
+        mkdir /newroot/dev 755
+        mkdir /newroot/tmp 755
+        mkdir /newroot/.kiln 755
+        mkdir /newroot/work 755
+        create /newroot/.kiln/job.sh 555 (8 bytes)
+        create /empty-file 444 (0 bytes)
+        mount tmpfs /newroot/var/tmp type=tmpfs flags=MS_RDONLY|MS_NOSUID|MS_NODEV data=mode=0755,size=4k
+        mount /empty-file /newroot/etc/secret type=- flags=MS_BIND data=-
+        mount_setattr /newroot rdonly recursive
+        mount overlay /newroot/work type=overlay flags=0 data=lowerdir=/oldroot/layers/dep:/oldroot/layers/base,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work
+        mount proc /newroot/proc type=proc flags=MS_NOSUID|MS_NODEV|MS_NOEXEC data=-
+        mount tmpfs /newroot/dev type=tmpfs flags=MS_NOSUID|MS_NOEXEC data=mode=0755,size=64k
+        mknod /newroot/dev/null c 1:3 666
+        mknod /newroot/dev/zero c 1:5 666
+        mknod /newroot/dev/full c 1:7 666
+        mknod /newroot/dev/random c 1:8 666
+        mknod /newroot/dev/urandom c 1:9 666
+        mknod /newroot/dev/tty c 5:0 666
+        symlink /newroot/dev/fd -> /proc/self/fd
+        symlink /newroot/dev/stdin -> /proc/self/fd/0
+        symlink /newroot/dev/stdout -> /proc/self/fd/1
+        symlink /newroot/dev/stderr -> /proc/self/fd/2
+        symlink /newroot/dev/ptmx -> pts/ptmx
+        mkdir /newroot/dev/shm 1777
+        mount tmpfs /newroot/dev/shm type=tmpfs flags=MS_NOSUID|MS_NODEV|MS_NOEXEC data=mode=1777
+        mkdir /newroot/dev/pts 755
+        mount devpts /newroot/dev/pts type=devpts flags=MS_NOSUID|MS_NOEXEC data=newinstance,ptmxmode=0666,mode=620
+        mount tmpfs /newroot/tmp type=tmpfs flags=MS_NOSUID|MS_NODEV data=mode=1777
+        chdir /newroot
+        pivot_root . .
+        umount2 . detach
+        chdir /
+        chdir /work
+        execve /bin/sh [/bin/sh /.kiln/job.sh] env=[PATH=/usr/bin:/bin LANG=C.UTF-8]
+    "#]]
+    .assert_eq(&sys.transcript());
+}
+
+#[test]
+fn image_root_is_a_read_only_overlay_with_a_scaffold_on_top() {
+    let mut sys = RecordingSys::default();
+    let mut plan = plan(PlannedRoot::Image {
+        layers: vec!["/images/top".into(), "/images/base".into()],
+    });
+    plan.workspace_path = PathBuf::from("/home/build/src");
+    plan.workspace_lower.clear();
+    setup::build_root(&mut sys, &plan).unwrap();
+    let transcript = sys.transcript();
+    let until_workspace: String = transcript
+        .lines()
+        .skip(9)
+        .take(10)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    expect![[r#"
+        mkdir /scaffold 755
+        mkdir /scaffold/proc 755
+        mkdir /scaffold/dev 755
+        mkdir /scaffold/tmp 755
+        mkdir /scaffold/.kiln 755
+        mkdir /scaffold/home 755
+        mkdir /scaffold/home/build 755
+        mkdir /scaffold/home/build/src 755
+        create /scaffold/.kiln/job.sh 555 (8 bytes)
+        mount overlay /newroot type=overlay flags=MS_RDONLY data=lowerdir=/scaffold:/oldroot/images/top:/oldroot/images/base
+    "#]]
+    .assert_eq(&until_workspace);
+    // No dependency layer: the workspace overlay stands on an empty one.
+    assert!(transcript.contains(
+        "mount overlay /newroot/home/build/src type=overlay flags=0 data=lowerdir=/empty-layer,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work\n"
+    ));
+    assert!(
+        !transcript.contains("mount_setattr"),
+        "an image overlay without upper is read-only already"
+    );
+}
+
+#[test]
+fn non_root_maps_itself_to_root_in_a_user_namespace() {
+    let mut sys = RecordingSys::default();
+    let mut plan = host_plan();
+    plan.user_namespace = Some((1000, 100));
+    plan.network = true;
+    setup::enter_namespaces(&mut sys, &plan).unwrap();
+    setup::configure_namespaces(&mut sys, &plan).unwrap();
+    expect![[r#"
+        unshare CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWUSER|CLONE_NEWPID
+        write /proc/self/setgroups "deny"
+        write /proc/self/uid_map "0 1000 1\n"
+        write /proc/self/gid_map "0 100 1\n"
+        sethostname kiln
+    "#]]
+    .assert_eq(&sys.transcript());
+    let mut sys = RecordingSys::default();
+    setup::build_root(&mut sys, &plan).unwrap();
+    let transcript = sys.transcript();
+    assert!(
+        transcript.contains(",userxattr\n"),
+        "overlay in a user namespace needs userxattr"
+    );
+    assert!(
+        transcript.contains("mount /oldroot/dev/null /newroot/dev/null type=- flags=MS_BIND"),
+        "no mknod in a user namespace"
+    );
+    assert!(!transcript.contains("mknod"));
+}
+
+#[test]
+fn a_failing_step_stops_the_sequence_with_its_own_error() {
+    let mut sys = RecordingSys {
+        fail_on: Some("pivot_root . .".into()),
+        ..Default::default()
+    };
+    let err = setup::build_root(&mut sys, &host_plan()).unwrap_err();
+    assert!(matches!(err, SandboxError::PivotRoot { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "pivot_root to /newroot failed: EPERM: Operation not permitted"
+    );
+    assert_eq!(sys.calls.last().map(String::as_str), Some("pivot_root . ."));
+
+    let mut sys = RecordingSys {
+        fail_on: Some("mount overlay /newroot/work".into()),
+        ..Default::default()
+    };
+    let err = setup::build_root(&mut sys, &host_plan()).unwrap_err();
+    let SandboxError::MountOverlay {
+        target, options, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(target, Path::new("/newroot/work"));
+    assert!(
+        options.starts_with("lowerdir=/oldroot/layers/dep:"),
+        "{options}"
+    );
+
+    let mut sys = RecordingSys {
+        fail_on: Some("unshare".into()),
+        ..Default::default()
+    };
+    let err = setup::enter_namespaces(&mut sys, &host_plan()).unwrap_err();
+    assert!(matches!(err, SandboxError::Unshare { .. }), "{err:?}");
+}
+
+#[test]
+fn host_view_plan_lists_binds_symlinks_hidden_and_masks() {
+    let root = tempfile::tempdir().unwrap();
+    let root_path = root.path().canonicalize().unwrap();
+    for dir in [
+        "usr/bin",
+        "etc",
+        "home/alice",
+        "root",
+        "tmp",
+        "var/tmp",
+        "var/lib/kiln",
+        "proc",
+        "work",
+    ] {
+        std::fs::create_dir_all(root_path.join(dir)).unwrap();
+    }
+    std::fs::write(root_path.join("etc/token"), "secret").unwrap();
+    std::os::unix::fs::symlink("usr/bin", root_path.join("bin")).unwrap();
+    std::fs::write(root_path.join("swapfile"), "").unwrap();
+    let exclude = [
+        PathBuf::from("/var/lib/kiln"),
+        "/etc/token".into(),
+        "/nonexistent".into(),
+    ];
+    let planned = plan_host_view(&root_path, &exclude, Path::new("/work/ws")).unwrap();
+    let PlannedRoot::Host { entries, masks } = planned else {
+        panic!()
+    };
+    assert_eq!(
+        entries,
+        vec![
+            HostEntry::Symlink {
+                name: "bin".into(),
+                target: "usr/bin".into()
+            },
+            HostEntry::Bind("etc".into()),
+            HostEntry::Empty("home".into()),
+            HostEntry::Empty("proc".into()),
+            HostEntry::Empty("root".into()),
+            HostEntry::Empty("tmp".into()),
+            HostEntry::Bind("usr".into()),
+            HostEntry::Bind("var".into()),
+            HostEntry::Empty("work".into()),
+            HostEntry::Empty("sys".into()),
+            HostEntry::Empty("dev".into()),
+            HostEntry::Empty(".kiln".into()),
+        ]
+    );
+    assert_eq!(
+        masks,
+        vec![
+            Mask::Dir("/var/tmp".into()),
+            Mask::Dir("/var/lib/kiln".into()),
+            Mask::File("/etc/token".into())
+        ]
+    );
+}
+
+#[test]
+fn cgroup_v1_and_v2_layouts() {
+    let limits = Limits {
+        memory_bytes: Some(64 << 20),
+        pids: Some(32),
+    };
+    let v1 = tempfile::tempdir().unwrap();
+    for dir in ["memory", "pids"] {
+        std::fs::create_dir_all(v1.path().join(dir)).unwrap();
+        std::fs::write(v1.path().join(dir).join("cgroup.procs"), "").unwrap();
+    }
+    let own = "8:pids:/\n4:memory:/outer/job\n0::/\n";
+    let mut sys = RecordingSys::default();
+    let cgroup = Cgroup::prepare_in(&mut sys, v1.path(), own, &limits, 7)
+        .unwrap()
+        .unwrap();
+    cgroup
+        .add(&mut sys, nix::unistd::Pid::from_raw(42))
+        .unwrap();
+    cgroup.remove(&mut sys);
+    let shown = sys
+        .transcript()
+        .replace(&v1.path().display().to_string(), "CG");
+    expect![[r#"
+        mkdir CG/memory/outer/job/kiln 755
+        mkdir CG/memory/outer/job/kiln/7 755
+        write CG/memory/outer/job/kiln/7/memory.limit_in_bytes "67108864"
+        mkdir CG/pids/kiln 755
+        mkdir CG/pids/kiln/7 755
+        write CG/pids/kiln/7/pids.max "32"
+        write CG/memory/outer/job/kiln/7/cgroup.procs "42"
+        write CG/pids/kiln/7/cgroup.procs "42"
+        rmdir CG/pids/kiln/7
+        rmdir CG/memory/outer/job/kiln/7
+    "#]]
+    .assert_eq(&shown);
+
+    let v2 = tempfile::tempdir().unwrap();
+    std::fs::write(v2.path().join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
+    let mut sys = RecordingSys::default();
+    Cgroup::prepare_in(&mut sys, v2.path(), "0::/\n", &limits, 7)
+        .unwrap()
+        .unwrap();
+    let shown = sys
+        .transcript()
+        .replace(&v2.path().display().to_string(), "CG");
+    expect![[r#"
+        write CG/cgroup.subtree_control "+memory +pids"
+        mkdir CG/kiln 755
+        write CG/kiln/cgroup.subtree_control "+memory +pids"
+        mkdir CG/kiln/7 755
+        write CG/kiln/7/memory.max "67108864"
+        write CG/kiln/7/pids.max "32"
+    "#]]
+    .assert_eq(&shown);
+
+    // A missing controller is a clear failure, not a silent "unlimited".
+    std::fs::write(v2.path().join("cgroup.controllers"), "cpu io\n").unwrap();
+    let err =
+        Cgroup::prepare_in(&mut RecordingSys::default(), v2.path(), "", &limits, 7).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cgroup limit memory cannot be applied: the cgroup v2 controller `memory` is not available"
+    );
+    let none = Cgroup::prepare_in(
+        &mut RecordingSys::default(),
+        v2.path(),
+        "",
+        &Limits::default(),
+        7,
+    )
+    .unwrap();
+    assert!(none.is_none());
+}
+
+fn spec() -> SandboxSpec {
+    SandboxSpec::new(
+        RootFs::Host { exclude: vec![] },
+        WorkspaceSpec {
+            path: "/work".into(),
+            lower: vec![],
+            upper: "/u".into(),
+            work: "/w".into(),
+        },
+        "/job.sh".into(),
+    )
+}
+
+#[test]
+fn spec_is_strict_and_validated() {
+    let json = serde_json::to_string(&spec()).unwrap();
+    let back: SandboxSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, spec());
+    let unknown = json.replacen("\"network\"", "\"netwerk\"", 1);
+    assert!(
+        serde_json::from_str::<SandboxSpec>(&unknown)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `netwerk`")
+    );
+
+    for (path, reason) in [
+        ("work", "must be absolute"),
+        ("/work/../etc", "must not contain `.` or `..`"),
+        ("/", "cannot be the root"),
+        ("/proc/x", "/proc is reserved by the sandbox"),
+        ("/tmp", "/tmp is reserved by the sandbox"),
+    ] {
+        let mut bad = spec();
+        bad.workspace.path = path.into();
+        let err = bad.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("bad workspace path {path}: {reason}")
+        );
+    }
+    let mut bad = spec();
+    bad.env.push(("A=B".into(), "c".into()));
+    assert!(bad.validate().is_err());
+    let mut bad = spec();
+    bad.root = RootFs::Image { layers: vec![] };
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn resolve_names_the_missing_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec();
+    spec.workspace.upper = dir.path().join("missing-upper");
+    spec.workspace.work = dir.path().to_owned();
+    std::fs::write(dir.path().join("job.sh"), "true").unwrap();
+    spec.script = dir.path().join("job.sh");
+    let err = Plan::resolve(&spec).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "workspace upper dir {}/missing-upper does not exist",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+    let comma = dir.path().join("a,b");
+    std::fs::create_dir(&comma).unwrap();
+    spec.workspace.upper = comma;
+    assert!(matches!(
+        Plan::resolve(&spec).unwrap_err(),
+        SandboxError::OverlayPathSyntax { .. }
+    ));
+}
