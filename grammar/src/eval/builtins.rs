@@ -320,7 +320,7 @@ impl Machine<'_> {
                         out.push_str(&separator);
                     }
                     let v = self.force(item)?;
-                    self.coerce_to_string(&v, &mut out, "join")?;
+                    self.coerce_to_string(&v, &mut out, "join", span)?;
                     self.check_string_len(out.len(), span)?;
                 }
                 self.charge(out.len() / 256, span)?;
@@ -365,7 +365,7 @@ impl Machine<'_> {
             Builtin::Throw => {
                 let message = self.force(arg(0))?;
                 let mut text = String::new();
-                self.coerce_to_string(&message, &mut text, "throw")?;
+                self.coerce_to_string(&message, &mut text, "throw", span)?;
                 Err(error(span, text).with_label("thrown here"))
             }
             Builtin::ReplaceStrings => {
@@ -558,7 +558,7 @@ impl Machine<'_> {
                 }
             }
             ValueKind::Str(_) | ValueKind::Int(_) | ValueKind::Path(_) => {
-                self.coerce_to_string(v, out, "convert")?;
+                self.coerce_to_string(v, out, "convert", span)?;
             }
             other => {
                 return Err(error(
