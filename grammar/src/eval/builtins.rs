@@ -77,7 +77,7 @@ impl Machine<'_> {
             Builtin::Map => {
                 let items = self.want_list(arg(1), builtin, 1, span)?;
                 self.charge(items.len(), span)?;
-                let mapped: Vec<ThunkId> = items
+                let mapped: Rc<[ThunkId]> = items
                     .iter()
                     .map(|&item| {
                         self.alloc_thunk(Thunk::Apply {
@@ -87,7 +87,7 @@ impl Machine<'_> {
                         })
                     })
                     .collect();
-                value(ValueKind::List(mapped.into()))
+                value(ValueKind::List(mapped))
             }
             Builtin::Filter => {
                 let function = self.force(arg(0))?;
@@ -335,19 +335,20 @@ impl Machine<'_> {
                     ));
                 };
                 self.charge(count, span)?;
-                let mut items = Vec::with_capacity(count);
-                for index in 0..count {
-                    let index = self.done(Value {
-                        kind: ValueKind::Int(index as i64),
-                        span,
-                    });
-                    items.push(self.alloc_thunk(Thunk::Apply {
-                        function: arg(0),
-                        argument: index,
-                        span,
-                    }));
-                }
-                value(ValueKind::List(items.into()))
+                let items: Rc<[ThunkId]> = (0..count)
+                    .map(|index| {
+                        let index = self.done(Value {
+                            kind: ValueKind::Int(index as i64),
+                            span,
+                        });
+                        self.alloc_thunk(Thunk::Apply {
+                            function: arg(0),
+                            argument: index,
+                            span,
+                        })
+                    })
+                    .collect();
+                value(ValueKind::List(items))
             }
             Builtin::ToString => {
                 let v = self.force(arg(0))?;

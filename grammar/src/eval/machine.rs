@@ -147,16 +147,18 @@ impl<'s> Machine<'s> {
         }
     }
 
-    fn lookup(&self, mut env: EnvId, name: &str) -> Option<ThunkId> {
+    fn lookup(&self, mut env: EnvId, name: &Name) -> Option<ThunkId> {
+        // Names are interned per file, so a match is usually the same pointer.
+        let same = |candidate: &Name| Rc::ptr_eq(candidate, name) || **candidate == **name;
         loop {
             let scope = &self.envs[env.0 as usize];
             if let Some(binder) = scope.binder {
                 let index = match &self.ast[binder].kind {
-                    ExprKind::Let(let_) => let_.bindings.iter().position(|b| &*b.name == name),
-                    ExprKind::Attrs(set) => set.bindings.iter().position(|b| &*b.name == name),
+                    ExprKind::Let(let_) => let_.bindings.iter().position(|b| same(&b.name)),
+                    ExprKind::Attrs(set) => set.bindings.iter().position(|b| same(&b.name)),
                     ExprKind::Lambda(lambda) => match &lambda.param {
-                        Param::Ident(param, _) => (&**param == name).then_some(0),
-                        Param::Formals(formals) => formals.names().position(|n| &**n == name),
+                        Param::Ident(param, _) => same(param).then_some(0),
+                        Param::Formals(formals) => formals.names().position(same),
                     },
                     _ => None,
                 };
@@ -246,6 +248,9 @@ impl<'s> Machine<'s> {
     // Forcing
 
     pub fn force(&mut self, thunk: ThunkId) -> EvalResult<Value> {
+        if let Thunk::Done(value) = &self.thunks[thunk.0 as usize] {
+            return Ok(value.clone());
+        }
         let state = std::mem::replace(
             &mut self.thunks[thunk.0 as usize],
             Thunk::Blackhole {
@@ -381,23 +386,33 @@ impl<'s> Machine<'s> {
                 span,
             });
         }
-        let parts: Vec<(Option<Name>, Option<ExprId>)> = parts
+        let count = parts.len();
+        let literal_len: usize = parts
             .iter()
             .map(|p| match p {
-                StrPart::Literal(text) => (Some(text.clone()), None),
-                StrPart::Interpolation(id) => (None, Some(*id)),
+                StrPart::Literal(text) => text.len(),
+                StrPart::Interpolation(_) => 16,
             })
-            .collect();
-        let mut out = String::new();
-        for part in parts {
-            match part {
-                (Some(text), _) => out.push_str(&text),
-                (_, Some(id)) => {
-                    let v = self.eval(id, env)?;
-                    let site = self.ast[id].span;
-                    self.coerce_to_string(&v, &mut out, "interpolate", site)?;
-                }
-                _ => {}
+            .sum();
+        let mut out = String::with_capacity(literal_len);
+        for index in 0..count {
+            // Re-borrow the tree each time: evaluating an interpolation may
+            // import files, which grows it.
+            let interpolation = match &self.ast[expr].kind {
+                ExprKind::Str(parts) => match parts.get(index) {
+                    Some(StrPart::Literal(text)) => {
+                        out.push_str(text);
+                        None
+                    }
+                    Some(StrPart::Interpolation(id)) => Some(*id),
+                    None => None,
+                },
+                _ => None,
+            };
+            if let Some(id) = interpolation {
+                let v = self.eval(id, env)?;
+                let site = self.ast[id].span;
+                self.coerce_to_string(&v, &mut out, "interpolate", site)?;
             }
             self.check_string_len(out.len(), span)?;
         }
@@ -449,13 +464,18 @@ impl<'s> Machine<'s> {
         let ExprKind::List(items) = &self.ast[expr].kind else {
             return Err(internal(span));
         };
-        let items = items.clone();
-        let thunks: Vec<ThunkId> = items
-            .iter()
-            .map(|&item| self.thunk_for(item, env))
+        let count = items.len();
+        let thunks: Rc<[ThunkId]> = (0..count)
+            .map(|index| {
+                let item = match &self.ast[expr].kind {
+                    ExprKind::List(items) => items[index],
+                    _ => expr,
+                };
+                self.thunk_for(item, env)
+            })
             .collect();
         Ok(Value {
-            kind: ValueKind::List(thunks.into()),
+            kind: ValueKind::List(thunks),
             span,
         })
     }
@@ -500,10 +520,14 @@ impl<'s> Machine<'s> {
         else {
             return Err(internal(self.ast[expr].span));
         };
-        let (subject, path, default) = (*subject, path.clone(), *default);
+        let (subject, count, default) = (*subject, path.len(), *default);
         let mut current = self.eval(subject, env)?;
-        for name in &path {
-            let (name, name_span) = self.attr_name(name, env)?;
+        for index in 0..count {
+            let name = match &self.ast[expr].kind {
+                ExprKind::Select { path, .. } => path[index].clone(),
+                _ => return Err(internal(self.ast[expr].span)),
+            };
+            let (name, name_span) = self.attr_name(&name, env)?;
             let found = match &current.kind {
                 ValueKind::Attrs(attrs) => attrs.get(&*name).copied(),
                 _ => None,
@@ -941,25 +965,18 @@ impl<'s> Machine<'s> {
             ExprKind::Attrs(set) => &set.bindings,
             _ => return Err(error(self.ast[binder].span, "internal error: not a binder")),
         };
-        let plan: Vec<(Name, Span, BindingPlan)> = bindings
-            .iter()
-            .map(|b| {
-                let plan = match &b.value {
-                    BindingValue::Expr(e) => BindingPlan::Expr(*e),
-                    BindingValue::Inherit => BindingPlan::Inherit,
-                    BindingValue::InheritFrom(e) => BindingPlan::From(*e),
-                };
-                (b.name.clone(), b.name_span, plan)
-            })
-            .collect();
+        let count = bindings.len();
         let new_env = self.alloc_env(Scope {
             binder: Some(binder),
             vars: Vars::Many(Box::new([])),
             parent: Some(env),
         });
-        let mut vars = Vec::with_capacity(plan.len());
+        let mut vars = Vec::with_capacity(count);
         let mut sources: Vec<(ExprId, ThunkId)> = Vec::new();
-        for (name, name_span, plan) in plan {
+        for index in 0..count {
+            let Some((name, name_span, plan)) = self.binding_plan(binder, index) else {
+                break;
+            };
             let thunk = match plan {
                 BindingPlan::Expr(e) => self.alloc_thunk(Thunk::Expr {
                     expr: e,
@@ -1040,23 +1057,15 @@ impl<'s> Machine<'s> {
         let ExprKind::Attrs(set) = &self.ast[expr].kind else {
             return Ok(AttrMap::new());
         };
-        let plan: Vec<(Name, Span, BindingPlan)> = set
-            .bindings
-            .iter()
-            .map(|b| {
-                let plan = match &b.value {
-                    BindingValue::Expr(e) => BindingPlan::Expr(*e),
-                    BindingValue::Inherit => BindingPlan::Inherit,
-                    BindingValue::InheritFrom(e) => BindingPlan::From(*e),
-                };
-                (b.name.clone(), b.name_span, plan)
-            })
-            .collect();
+        let count = set.bindings.len();
         let dynamic: Vec<(ExprId, ExprId)> =
             set.dynamic.iter().map(|d| (d.name, d.value)).collect();
         let mut attrs = AttrMap::new();
         let mut sources: Vec<(ExprId, ThunkId)> = Vec::new();
-        for (name, name_span, plan) in plan {
+        for index in 0..count {
+            let Some((name, name_span, plan)) = self.binding_plan(expr, index) else {
+                break;
+            };
             let value = match plan {
                 BindingPlan::Expr(e) => self.thunk_for(e, env),
                 BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
@@ -1115,19 +1124,21 @@ impl<'s> Machine<'s> {
         match function.kind {
             ValueKind::Closure { lambda, env } => self.call_closure(lambda, env, argument, span),
             ValueKind::Builtin { builtin, args } => {
-                let mut all = Vec::with_capacity(args.len() + 1);
-                all.extend_from_slice(&args);
-                all.push(argument);
-                if all.len() < builtin.arity() {
+                // Builtins take at most three arguments: no allocation.
+                let mut all = [ThunkId(0); 3];
+                let count = (args.len() + 1).min(all.len());
+                all[..count - 1].copy_from_slice(&args[..count - 1]);
+                all[count - 1] = argument;
+                if count < builtin.arity() {
                     return Ok(Value {
                         kind: ValueKind::Builtin {
                             builtin,
-                            args: all.into(),
+                            args: all[..count].into(),
                         },
                         span,
                     });
                 }
-                self.call_builtin(builtin, &all, span)
+                self.call_builtin(builtin, &all[..count], span)
             }
             other => Err(error(
                 span,
@@ -1423,6 +1434,24 @@ impl<'s> Machine<'s> {
             data,
             span: value.span,
         })
+    }
+}
+
+impl Machine<'_> {
+    /// The `index`th binding of a `let` or set, without borrowing the tree.
+    fn binding_plan(&self, binder: ExprId, index: usize) -> Option<(Name, Span, BindingPlan)> {
+        let bindings = match &self.ast[binder].kind {
+            ExprKind::Let(let_) => &let_.bindings,
+            ExprKind::Attrs(set) => &set.bindings,
+            _ => return None,
+        };
+        let binding = bindings.get(index)?;
+        let plan = match &binding.value {
+            BindingValue::Expr(e) => BindingPlan::Expr(*e),
+            BindingValue::Inherit => BindingPlan::Inherit,
+            BindingValue::InheritFrom(e) => BindingPlan::From(*e),
+        };
+        Some((binding.name.clone(), binding.name_span, plan))
     }
 }
 

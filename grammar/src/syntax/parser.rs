@@ -120,10 +120,8 @@ fn advance<'a>(i: Input<'a>, n: usize) -> Input<'a> {
 }
 
 fn not_this<T>(i: Input) -> PResult<T> {
-    Err(nom::Err::Error(SyntaxError::new(
-        offset(&i),
-        "unexpected input",
-    )))
+    // No message: backtracking is frequent and must not allocate.
+    Err(nom::Err::Error(SyntaxError::new(offset(&i), String::new())))
 }
 
 /// A committed error at `i`, labelled with what is actually there.
@@ -572,6 +570,9 @@ fn right_chain<'a>(
     op: BinaryOp,
 ) -> PResult<'a, ExprId> {
     let (mut i, first) = operand(i)?;
+    if punct(i, symbol).is_err() {
+        return Ok((i, first));
+    }
     let mut operands = vec![first];
     let mut op_spans = Vec::new();
     while let Ok((rest, op_span)) = punct(i, symbol) {
