@@ -403,6 +403,7 @@ mod properties {
         fn arbitrary_nodes(root in arbitrary_node()) {
             for format in [Format::Djinn, Format::Kiln] {
                 let converted = manifest::from_node(&root, format, Path::new("/m"));
+                prop_assert!(converted.diagnostics.iter().all(|d| d.span.is_some()));
                 prop_assert!(converted.manifest.is_some() || converted.diagnostics.iter().any(|d| d.severity == kiln_grammar::Severity::Error));
                 if let Some(manifest) = converted.manifest {
                     manifest.to_canonical_json();
