@@ -9,7 +9,10 @@
 //! is asked to parse and import (and hashing path literals' content).
 
 pub mod diagnostic;
+pub mod djinn;
 pub mod eval;
+pub mod load;
+pub mod manifest;
 pub mod source;
 pub mod syntax;
 pub mod value;

@@ -1,13 +1,23 @@
 //! `kiln check` and `kiln eval`.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context;
+use kiln_grammar::load::{self, LoadError, LoadOptions};
+
+use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// Manifest files (.kiln, or Djinn .yml/.yaml)
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// Argument for manifests that are functions (repeatable)
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -15,12 +25,117 @@ pub struct EvalArgs {
     /// The manifest file (.kiln, or Djinn .yml/.yaml)
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    /// Argument for a manifest that is a function (repeatable)
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
 }
 
-pub fn check(_args: CheckArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// `--arg NAME=VALUE` pairs; a malformed or repeated one is a usage error.
+pub fn parse_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut args = BTreeMap::new();
+    for pair in raw {
+        let Some((name, value)) = pair.split_once('=') else {
+            anyhow::bail!("malformed --arg \"{pair}\": expected NAME=VALUE");
+        };
+        let valid_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
+        if !valid_name {
+            anyhow::bail!(
+                "malformed --arg \"{pair}\": \"{name}\" is not an identifier ([A-Za-z_][A-Za-z0-9_'-]*)"
+            );
+        }
+        if args.insert(name.to_string(), value.to_string()).is_some() {
+            anyhow::bail!("--arg {name} is given twice");
+        }
+    }
+    Ok(args)
 }
 
-pub fn eval(_args: EvalArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Exit code for a failed load: 2 when the manifest itself is wrong.
+fn failure_code(error: &LoadError) -> u8 {
+    match error {
+        LoadError::Io(_) => EXIT_FAILURE,
+        LoadError::Invalid(_) => EXIT_MANIFEST,
+    }
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let options = LoadOptions {
+        args: parse_args(&args.args)?,
+    };
+    let mut worst = 0u8;
+    let mut stdout = std::io::stdout().lock();
+    for file in &args.files {
+        let loaded = load::load(file, &options);
+        eprint!("{}", loaded.render_diagnostics());
+        match &loaded.result {
+            Ok(manifest) => {
+                let mut summary = vec![
+                    count(manifest.stages.len(), "stage"),
+                    count(manifest.jobs.len(), "job"),
+                ];
+                if !loaded.warnings.is_empty() {
+                    summary.push(count(loaded.warnings.len(), "warning"));
+                }
+                writeln!(stdout, "{}: ok ({})", file.display(), summary.join(", "))
+                    .context("writing to stdout")?;
+            }
+            Err(error) => {
+                // A broken manifest outranks an unreadable one.
+                worst = match (worst, failure_code(error)) {
+                    (EXIT_MANIFEST, _) | (_, EXIT_MANIFEST) => EXIT_MANIFEST,
+                    (_, code) => code,
+                };
+            }
+        }
+    }
+    Ok(ExitCode::from(worst))
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let options = LoadOptions {
+        args: parse_args(&args.args)?,
+    };
+    let loaded = load::load(&args.file, &options);
+    eprint!("{}", loaded.render_diagnostics());
+    match &loaded.result {
+        Ok(manifest) => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(manifest.to_canonical_json().as_bytes())
+                .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => Ok(ExitCode::from(failure_code(error))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_args;
+
+    #[test]
+    fn args() {
+        let ok = parse_args(&["version=1.2".into(), "x=a=b".into(), "e=".into()]).unwrap();
+        assert_eq!(ok["version"], "1.2");
+        assert_eq!(ok["x"], "a=b");
+        assert_eq!(ok["e"], "");
+        for bad in ["version", "=1", "1x=2", "a b=c"] {
+            assert!(parse_args(&[bad.into()]).is_err(), "{bad}");
+        }
+        assert!(parse_args(&["a=1".into(), "a=2".into()]).is_err());
+    }
 }
