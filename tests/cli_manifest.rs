@@ -291,3 +291,33 @@ fn kiln_errors_exit_2_with_location() {
         .success()
         .stdout(predicate::str::contains("\"v1\""));
 }
+
+#[test]
+fn exit_codes_for_non_utf8_kiln_directories_and_ignored_args() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "latin1.kiln",
+        b"{ stages = [ \"caf\xe9\" ]; }\n",
+    );
+    cargo_bin_cmd!("kiln")
+        .current_dir(dir.path())
+        .args(["check", "latin1.kiln"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with("latin1.kiln:1:18: error:"));
+    cargo_bin_cmd!("kiln")
+        .arg("check")
+        .arg(dir.path())
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot read"));
+    cargo_bin_cmd!("kiln")
+        .current_dir(repo())
+        .args(["eval", "examples/djinn/.djinn.yml", "--arg", "version=1.2"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "warning: examples/djinn/.djinn.yml: --arg is ignored",
+        ));
+}

@@ -77,7 +77,7 @@ impl Machine<'_> {
             Builtin::Map => {
                 let items = self.want_list(arg(1), builtin, 1, span)?;
                 self.charge(items.len(), span)?;
-                let mapped: Vec<ThunkId> = items
+                let mapped: Rc<[ThunkId]> = items
                     .iter()
                     .map(|&item| {
                         self.alloc_thunk(Thunk::Apply {
@@ -87,7 +87,7 @@ impl Machine<'_> {
                         })
                     })
                     .collect();
-                value(ValueKind::List(mapped.into()))
+                value(ValueKind::List(mapped))
             }
             Builtin::Filter => {
                 let function = self.force(arg(0))?;
@@ -320,7 +320,7 @@ impl Machine<'_> {
                         out.push_str(&separator);
                     }
                     let v = self.force(item)?;
-                    self.coerce_to_string(&v, &mut out, "join")?;
+                    self.coerce_to_string(&v, &mut out, "join", span)?;
                     self.check_string_len(out.len(), span)?;
                 }
                 self.charge(out.len() / 256, span)?;
@@ -335,19 +335,20 @@ impl Machine<'_> {
                     ));
                 };
                 self.charge(count, span)?;
-                let mut items = Vec::with_capacity(count);
-                for index in 0..count {
-                    let index = self.done(Value {
-                        kind: ValueKind::Int(index as i64),
-                        span,
-                    });
-                    items.push(self.alloc_thunk(Thunk::Apply {
-                        function: arg(0),
-                        argument: index,
-                        span,
-                    }));
-                }
-                value(ValueKind::List(items.into()))
+                let items: Rc<[ThunkId]> = (0..count)
+                    .map(|index| {
+                        let index = self.done(Value {
+                            kind: ValueKind::Int(index as i64),
+                            span,
+                        });
+                        self.alloc_thunk(Thunk::Apply {
+                            function: arg(0),
+                            argument: index,
+                            span,
+                        })
+                    })
+                    .collect();
+                value(ValueKind::List(items))
             }
             Builtin::ToString => {
                 let v = self.force(arg(0))?;
@@ -365,7 +366,7 @@ impl Machine<'_> {
             Builtin::Throw => {
                 let message = self.force(arg(0))?;
                 let mut text = String::new();
-                self.coerce_to_string(&message, &mut text, "throw")?;
+                self.coerce_to_string(&message, &mut text, "throw", span)?;
                 Err(error(span, text).with_label("thrown here"))
             }
             Builtin::ReplaceStrings => {
@@ -558,7 +559,7 @@ impl Machine<'_> {
                 }
             }
             ValueKind::Str(_) | ValueKind::Int(_) | ValueKind::Path(_) => {
-                self.coerce_to_string(v, out, "convert")?;
+                self.coerce_to_string(v, out, "convert", span)?;
             }
             other => {
                 return Err(error(

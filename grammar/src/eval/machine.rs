@@ -47,6 +47,10 @@ pub(crate) struct Machine<'s> {
     builtins_set: Option<Value>,
 }
 
+fn internal(span: Span) -> Diagnostic {
+    error(span, "internal error: unexpected expression")
+}
+
 pub(crate) fn error(span: Span, message: impl Into<String>) -> Diagnostic {
     Diagnostic::error(Phase::Eval, message, Some(span))
 }
@@ -143,16 +147,18 @@ impl<'s> Machine<'s> {
         }
     }
 
-    fn lookup(&self, mut env: EnvId, name: &str) -> Option<ThunkId> {
+    fn lookup(&self, mut env: EnvId, name: &Name) -> Option<ThunkId> {
+        // Names are interned per file, so a match is usually the same pointer.
+        let same = |candidate: &Name| Rc::ptr_eq(candidate, name) || **candidate == **name;
         loop {
             let scope = &self.envs[env.0 as usize];
             if let Some(binder) = scope.binder {
                 let index = match &self.ast[binder].kind {
-                    ExprKind::Let(let_) => let_.bindings.iter().position(|b| &*b.name == name),
-                    ExprKind::Attrs(set) => set.bindings.iter().position(|b| &*b.name == name),
+                    ExprKind::Let(let_) => let_.bindings.iter().position(|b| same(&b.name)),
+                    ExprKind::Attrs(set) => set.bindings.iter().position(|b| same(&b.name)),
                     ExprKind::Lambda(lambda) => match &lambda.param {
-                        Param::Ident(param, _) => (&**param == name).then_some(0),
-                        Param::Formals(formals) => formals.names().position(|n| &**n == name),
+                        Param::Ident(param, _) => same(param).then_some(0),
+                        Param::Formals(formals) => formals.names().position(same),
                     },
                     _ => None,
                 };
@@ -223,6 +229,7 @@ impl<'s> Machine<'s> {
 
     fn enter(&mut self, span: Span) -> EvalResult<()> {
         self.depth += 1;
+
         if self.depth > self.options.max_depth {
             return Err(error(
                 span,
@@ -241,6 +248,9 @@ impl<'s> Machine<'s> {
     // Forcing
 
     pub fn force(&mut self, thunk: ThunkId) -> EvalResult<Value> {
+        if let Thunk::Done(value) = &self.thunks[thunk.0 as usize] {
+            return Ok(value.clone());
+        }
         let state = std::mem::replace(
             &mut self.thunks[thunk.0 as usize],
             Thunk::Blackhole {
@@ -309,145 +319,31 @@ impl<'s> Machine<'s> {
         result
     }
 
+    /// Dispatches to one small function per construct: in debug builds a
+    /// single big `match` would give every recursion level a frame as large
+    /// as all arms together.
     fn eval_inner(&mut self, expr: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
-        let value = |kind| Ok(Value { kind, span });
-        match &self.ast[expr].kind {
-            ExprKind::Null => value(ValueKind::Null),
-            ExprKind::Bool(b) => value(ValueKind::Bool(*b)),
-            ExprKind::Int(n) => value(ValueKind::Int(*n)),
-            ExprKind::Str(parts) => {
-                if let [StrPart::Literal(text)] = parts.as_slice() {
-                    return value(ValueKind::Str(text.clone()));
-                }
-                let parts: Vec<(Option<Name>, Option<ExprId>)> = parts
-                    .iter()
-                    .map(|p| match p {
-                        StrPart::Literal(text) => (Some(text.clone()), None),
-                        StrPart::Interpolation(id) => (None, Some(*id)),
-                    })
-                    .collect();
-                let mut out = String::new();
-                for part in parts {
-                    match part {
-                        (Some(text), _) => out.push_str(&text),
-                        (_, Some(id)) => {
-                            let v = self.eval(id, env)?;
-                            self.coerce_to_string(&v, &mut out, "interpolate")?;
-                        }
-                        _ => {}
-                    }
-                    self.check_string_len(out.len(), span)?;
-                }
-                value(ValueKind::Str(out.into()))
-            }
-            ExprKind::Path(text) => {
-                let text = text.clone();
-                let dir = self.file_dirs.get(&span.file).cloned().unwrap_or_default();
-                let path = normalize(&dir.join(&*text));
-                self.record_file(&path);
-                value(ValueKind::Path(path.into()))
-            }
-            ExprKind::Var(name) => {
-                let name = name.clone();
-                match self.lookup(env, &name) {
-                    Some(thunk) => self.force(thunk),
-                    None => match Builtin::from_name(&name) {
-                        Some(builtin) => value(ValueKind::Builtin {
-                            builtin,
-                            args: Rc::new([]),
-                        }),
-                        None if &*name == "builtins" => Ok(self.builtins_set(span)),
-                        None => Err(self.undefined_variable(&name, env, span)),
-                    },
-                }
-            }
-            ExprKind::List(items) => {
-                let items = items.clone();
-                let thunks: Vec<ThunkId> = items
-                    .iter()
-                    .map(|&item| self.thunk_for(item, env))
-                    .collect();
-                value(ValueKind::List(thunks.into()))
-            }
-            ExprKind::Attrs(set) => {
-                if set.recursive {
-                    let new_env = self.bind_recursive(expr, env)?;
-                    let attrs = self.scope_as_attrs(expr, new_env);
-                    return value(ValueKind::Attrs(Rc::new(attrs)));
-                }
-                let attrs = self.eval_plain_set(expr, env)?;
-                value(ValueKind::Attrs(Rc::new(attrs)))
-            }
+        let kind = match &self.ast[expr].kind {
+            ExprKind::Null => ValueKind::Null,
+            ExprKind::Bool(b) => ValueKind::Bool(*b),
+            ExprKind::Int(n) => ValueKind::Int(*n),
+            ExprKind::Lambda(_) => ValueKind::Closure { lambda: expr, env },
+            ExprKind::Str(_) => return self.eval_string(expr, env, span),
+            ExprKind::Path(_) => return self.eval_path(expr, span),
+            ExprKind::Var(_) => return self.eval_var(expr, env, span),
+            ExprKind::List(_) => return self.eval_list(expr, env, span),
+            ExprKind::Attrs(_) => return self.eval_attrs(expr, env, span),
             ExprKind::Let(let_) => {
                 let body = let_.body;
                 let new_env = self.bind_recursive(expr, env)?;
-                self.eval(body, new_env)
+                return self.eval(body, new_env);
             }
-            ExprKind::Lambda(_) => value(ValueKind::Closure { lambda: expr, env }),
             ExprKind::Apply { function, argument } => {
                 let (function, argument) = (*function, *argument);
-                let f = self.eval(function, env)?;
-                let arg = self.thunk_for(argument, env);
-                self.apply(f, arg, span)
+                return self.eval_apply(function, argument, env, span);
             }
-            ExprKind::Select {
-                subject,
-                path,
-                default,
-            } => {
-                let (subject, path, default) = (*subject, path.clone(), *default);
-                let mut current = self.eval(subject, env)?;
-                for name in &path {
-                    let (name, name_span) = self.attr_name(name, env)?;
-                    let found = match &current.kind {
-                        ValueKind::Attrs(attrs) => attrs.get(&*name).copied(),
-                        _ => None,
-                    };
-                    match found {
-                        Some(slot) => current = self.force(slot.value)?,
-                        None => {
-                            if let Some(default) = default {
-                                return self.eval(default, env);
-                            }
-                            return Err(match &current.kind {
-                                ValueKind::Attrs(_) => {
-                                    self.missing_attribute(&name, &current, name_span)
-                                }
-                                other => error(
-                                    name_span,
-                                    format!(
-                                        "cannot select attribute `{name}` from {}",
-                                        other.type_name()
-                                    ),
-                                )
-                                .with_related(
-                                    current.span,
-                                    format!("this is {}", other.type_name()),
-                                ),
-                            });
-                        }
-                    }
-                }
-                Ok(current)
-            }
-            ExprKind::HasAttr { subject, path } => {
-                let (subject, path) = (*subject, path.clone());
-                let mut current = self.eval(subject, env)?;
-                let last = path.len().saturating_sub(1);
-                for (n, name) in path.iter().enumerate() {
-                    let (name, _) = self.attr_name(name, env)?;
-                    let found = match &current.kind {
-                        ValueKind::Attrs(attrs) => attrs.get(&*name).copied(),
-                        _ => None,
-                    };
-                    match found {
-                        Some(_) if n == last => return value(ValueKind::Bool(true)),
-                        Some(slot) => current = self.force(slot.value)?,
-                        None => return value(ValueKind::Bool(false)),
-                    }
-                }
-                value(ValueKind::Bool(true))
-            }
+            ExprKind::Select { .. } => return self.eval_select(expr, env),
+            ExprKind::HasAttr { .. } => return self.eval_has_attr(expr, env, span),
             ExprKind::If {
                 condition,
                 then_branch,
@@ -455,43 +351,16 @@ impl<'s> Machine<'s> {
             } => {
                 let (condition, then_branch, else_branch) =
                     (*condition, *then_branch, *else_branch);
-                let c = self.eval(condition, env)?;
-                match c.kind {
-                    ValueKind::Bool(true) => self.eval(then_branch, env),
-                    ValueKind::Bool(false) => self.eval(else_branch, env),
-                    other => Err(error(
-                        self.ast[condition].span,
-                        format!(
-                            "the condition of `if` must be a boolean, found {}",
-                            other.type_name()
-                        ),
-                    )),
-                }
+                let branch = self.eval_condition(condition, env)?;
+                return self.eval(if branch { then_branch } else { else_branch }, env);
             }
             ExprKind::Not(operand) => {
                 let operand = *operand;
-                let v = self.eval(operand, env)?;
-                match v.kind {
-                    ValueKind::Bool(b) => value(ValueKind::Bool(!b)),
-                    other => Err(error(
-                        self.ast[operand].span,
-                        format!("`!` needs a boolean, found {}", other.type_name()),
-                    )),
-                }
+                return self.eval_not(operand, env, span);
             }
             ExprKind::Negate(operand) => {
                 let operand = *operand;
-                let v = self.eval(operand, env)?;
-                match v.kind {
-                    ValueKind::Int(n) => match n.checked_neg() {
-                        Some(n) => value(ValueKind::Int(n)),
-                        None => Err(error(span, "integer overflow in negation")),
-                    },
-                    other => Err(error(
-                        self.ast[operand].span,
-                        format!("`-` needs an integer, found {}", other.type_name()),
-                    )),
-                }
+                return self.eval_negate(operand, env, span);
             }
             ExprKind::Binary {
                 op,
@@ -500,11 +369,271 @@ impl<'s> Machine<'s> {
                 rhs,
             } => {
                 let (op, op_span, lhs, rhs) = (*op, *op_span, *lhs, *rhs);
-                self.eval_binary(op, op_span, lhs, rhs, env, span)
+                return self.eval_binary(op, op_span, lhs, rhs, env, span);
             }
+        };
+        Ok(Value { kind, span })
+    }
+
+    #[inline(never)]
+    fn eval_string(&mut self, expr: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let ExprKind::Str(parts) = &self.ast[expr].kind else {
+            return Err(internal(span));
+        };
+        if let [StrPart::Literal(text)] = parts.as_slice() {
+            return Ok(Value {
+                kind: ValueKind::Str(text.clone()),
+                span,
+            });
+        }
+        let count = parts.len();
+        let literal_len: usize = parts
+            .iter()
+            .map(|p| match p {
+                StrPart::Literal(text) => text.len(),
+                StrPart::Interpolation(_) => 16,
+            })
+            .sum();
+        let mut out = String::with_capacity(literal_len);
+        for index in 0..count {
+            // Re-borrow the tree each time: evaluating an interpolation may
+            // import files, which grows it.
+            let interpolation = match &self.ast[expr].kind {
+                ExprKind::Str(parts) => match parts.get(index) {
+                    Some(StrPart::Literal(text)) => {
+                        out.push_str(text);
+                        None
+                    }
+                    Some(StrPart::Interpolation(id)) => Some(*id),
+                    None => None,
+                },
+                _ => None,
+            };
+            if let Some(id) = interpolation {
+                let v = self.eval(id, env)?;
+                let site = self.ast[id].span;
+                self.coerce_to_string(&v, &mut out, "interpolate", site)?;
+            }
+            self.check_string_len(out.len(), span)?;
+        }
+        Ok(Value {
+            kind: ValueKind::Str(out.into()),
+            span,
+        })
+    }
+
+    #[inline(never)]
+    fn eval_path(&mut self, expr: ExprId, span: Span) -> EvalResult<Value> {
+        let ExprKind::Path(text) = &self.ast[expr].kind else {
+            return Err(internal(span));
+        };
+        let text = text.clone();
+        let dir = self.file_dirs.get(&span.file).cloned().unwrap_or_default();
+        let path = normalize(&dir.join(&*text));
+        self.record_file(&path);
+        Ok(Value {
+            kind: ValueKind::Path(path.into()),
+            span,
+        })
+    }
+
+    #[inline(never)]
+    fn eval_var(&mut self, expr: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let ExprKind::Var(name) = &self.ast[expr].kind else {
+            return Err(internal(span));
+        };
+        if let Some(thunk) = self.lookup(env, name) {
+            return self.force(thunk);
+        }
+        let name = name.clone();
+        match Builtin::from_name(&name) {
+            Some(builtin) => Ok(Value {
+                kind: ValueKind::Builtin {
+                    builtin,
+                    args: Rc::new([]),
+                },
+                span,
+            }),
+            None if &*name == "builtins" => Ok(self.builtins_set(span)),
+            None => Err(self.undefined_variable(&name, env, span)),
         }
     }
 
+    #[inline(never)]
+    fn eval_list(&mut self, expr: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let ExprKind::List(items) = &self.ast[expr].kind else {
+            return Err(internal(span));
+        };
+        let count = items.len();
+        let thunks: Rc<[ThunkId]> = (0..count)
+            .map(|index| {
+                let item = match &self.ast[expr].kind {
+                    ExprKind::List(items) => items[index],
+                    _ => expr,
+                };
+                self.thunk_for(item, env)
+            })
+            .collect();
+        Ok(Value {
+            kind: ValueKind::List(thunks),
+            span,
+        })
+    }
+
+    #[inline(never)]
+    fn eval_attrs(&mut self, expr: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let ExprKind::Attrs(set) = &self.ast[expr].kind else {
+            return Err(internal(span));
+        };
+        let attrs = if set.recursive {
+            let new_env = self.bind_recursive(expr, env)?;
+            self.scope_as_attrs(expr, new_env)
+        } else {
+            self.eval_plain_set(expr, env)?
+        };
+        Ok(Value {
+            kind: ValueKind::Attrs(Rc::new(attrs)),
+            span,
+        })
+    }
+
+    #[inline(never)]
+    fn eval_apply(
+        &mut self,
+        function: ExprId,
+        argument: ExprId,
+        env: EnvId,
+        span: Span,
+    ) -> EvalResult<Value> {
+        let f = self.eval(function, env)?;
+        let arg = self.thunk_for(argument, env);
+        self.apply(f, arg, span)
+    }
+
+    #[inline(never)]
+    fn eval_select(&mut self, expr: ExprId, env: EnvId) -> EvalResult<Value> {
+        let ExprKind::Select {
+            subject,
+            path,
+            default,
+        } = &self.ast[expr].kind
+        else {
+            return Err(internal(self.ast[expr].span));
+        };
+        let (subject, count, default) = (*subject, path.len(), *default);
+        let mut current = self.eval(subject, env)?;
+        for index in 0..count {
+            let name = match &self.ast[expr].kind {
+                ExprKind::Select { path, .. } => path[index].clone(),
+                _ => return Err(internal(self.ast[expr].span)),
+            };
+            let (name, name_span) = self.attr_name(&name, env)?;
+            let found = match &current.kind {
+                ValueKind::Attrs(attrs) => attrs.get(&*name).copied(),
+                _ => None,
+            };
+            match found {
+                Some(slot) => current = self.force(slot.value)?,
+                None => {
+                    if let Some(default) = default {
+                        return self.eval(default, env);
+                    }
+                    return Err(match &current.kind {
+                        ValueKind::Attrs(_) => self.missing_attribute(&name, &current, name_span),
+                        other => error(
+                            name_span,
+                            format!(
+                                "cannot select attribute `{name}` from {}",
+                                other.type_name()
+                            ),
+                        )
+                        .with_related(current.span, format!("this is {}", other.type_name())),
+                    });
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    #[inline(never)]
+    fn eval_has_attr(&mut self, expr: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let ExprKind::HasAttr { subject, path } = &self.ast[expr].kind else {
+            return Err(internal(span));
+        };
+        let (subject, path) = (*subject, path.clone());
+        let mut current = self.eval(subject, env)?;
+        let last = path.len().saturating_sub(1);
+        let mut has = true;
+        for (n, name) in path.iter().enumerate() {
+            let (name, _) = self.attr_name(name, env)?;
+            let found = match &current.kind {
+                ValueKind::Attrs(attrs) => attrs.get(&*name).copied(),
+                _ => None,
+            };
+            match found {
+                Some(_) if n == last => break,
+                Some(slot) => current = self.force(slot.value)?,
+                None => {
+                    has = false;
+                    break;
+                }
+            }
+        }
+        Ok(Value {
+            kind: ValueKind::Bool(has),
+            span,
+        })
+    }
+
+    #[inline(never)]
+    fn eval_condition(&mut self, condition: ExprId, env: EnvId) -> EvalResult<bool> {
+        let c = self.eval(condition, env)?;
+        match c.kind {
+            ValueKind::Bool(b) => Ok(b),
+            other => Err(error(
+                self.ast[condition].span,
+                format!(
+                    "the condition of `if` must be a boolean, found {}",
+                    other.type_name()
+                ),
+            )),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_not(&mut self, operand: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let v = self.eval(operand, env)?;
+        match v.kind {
+            ValueKind::Bool(b) => Ok(Value {
+                kind: ValueKind::Bool(!b),
+                span,
+            }),
+            other => Err(error(
+                self.ast[operand].span,
+                format!("`!` needs a boolean, found {}", other.type_name()),
+            )),
+        }
+    }
+
+    #[inline(never)]
+    fn eval_negate(&mut self, operand: ExprId, env: EnvId, span: Span) -> EvalResult<Value> {
+        let v = self.eval(operand, env)?;
+        match v.kind {
+            ValueKind::Int(n) => match n.checked_neg() {
+                Some(n) => Ok(Value {
+                    kind: ValueKind::Int(n),
+                    span,
+                }),
+                None => Err(error(span, "integer overflow in negation")),
+            },
+            other => Err(error(
+                self.ast[operand].span,
+                format!("`-` needs an integer, found {}", other.type_name()),
+            )),
+        }
+    }
+
+    #[inline(never)]
     fn eval_binary(
         &mut self,
         op: BinaryOp,
@@ -514,21 +643,89 @@ impl<'s> Machine<'s> {
         env: EnvId,
         span: Span,
     ) -> EvalResult<Value> {
+        // Chains of one operator (`a + b + c`, `a ++ b ++ c`) are walked
+        // iteratively: a long chain must not nest evaluation once per term.
         let value = |kind| Ok(Value { kind, span });
         match op {
             BinaryOp::Or | BinaryOp::And => {
-                let l = self.eval_bool(lhs, env, op)?;
-                if l == (op == BinaryOp::Or) {
-                    return value(ValueKind::Bool(l));
+                let mut rights = vec![rhs];
+                let mut leftmost = lhs;
+                while let ExprKind::Binary {
+                    op: inner,
+                    lhs: l,
+                    rhs: r,
+                    ..
+                } = &self.ast[leftmost].kind
+                    && *inner == op
+                {
+                    rights.push(*r);
+                    leftmost = *l;
                 }
-                let r = self.eval_bool(rhs, env, op)?;
-                value(ValueKind::Bool(r))
+                let mut result = self.eval_bool(leftmost, env, op)?;
+                for &right in rights.iter().rev() {
+                    if result == (op == BinaryOp::Or) {
+                        break;
+                    }
+                    result = self.eval_bool(right, env, op)?;
+                }
+                value(ValueKind::Bool(result))
             }
             BinaryOp::Eq | BinaryOp::NotEq => {
                 let l = self.eval(lhs, env)?;
                 let r = self.eval(rhs, env)?;
                 let equal = self.deep_equal(&l, &r, 0, span)?;
                 value(ValueKind::Bool(equal == (op == BinaryOp::Eq)))
+            }
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div => {
+                let mut rights = vec![(op, op_span, rhs, span)];
+                let mut leftmost = lhs;
+                while let ExprKind::Binary {
+                    op: inner @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div),
+                    op_span: inner_span,
+                    lhs: l,
+                    rhs: r,
+                } = &self.ast[leftmost].kind
+                {
+                    rights.push((*inner, *inner_span, *r, self.ast[leftmost].span));
+                    leftmost = *l;
+                }
+                let mut result = self.eval(leftmost, env)?;
+                for (op, op_span, right, span) in rights.into_iter().rev() {
+                    self.tick(span)?;
+                    let r = self.eval(right, env)?;
+                    let kind = self.binary_values(op, op_span, &result, &r, span)?;
+                    result = Value { kind, span };
+                }
+                Ok(result)
+            }
+            BinaryOp::Concat | BinaryOp::Update => {
+                let mut operands = vec![lhs];
+                let mut op_spans = vec![op_span];
+                let mut rightmost = rhs;
+                while let ExprKind::Binary {
+                    op: inner,
+                    op_span: inner_span,
+                    lhs: l,
+                    rhs: r,
+                } = &self.ast[rightmost].kind
+                    && *inner == op
+                {
+                    operands.push(*l);
+                    op_spans.push(*inner_span);
+                    rightmost = *r;
+                }
+                operands.push(rightmost);
+                if operands.len() == 2 {
+                    let l = self.eval(lhs, env)?;
+                    let r = self.eval(rhs, env)?;
+                    let kind = self.binary_values(op, op_span, &l, &r, span)?;
+                    return value(kind);
+                }
+                let mut values = Vec::with_capacity(operands.len());
+                for &operand in &operands {
+                    values.push(self.eval(operand, env)?);
+                }
+                self.combine_chain(op, &op_spans, values, span)
             }
             _ => {
                 let l = self.eval(lhs, env)?;
@@ -537,6 +734,47 @@ impl<'s> Machine<'s> {
                 value(kind)
             }
         }
+    }
+
+    /// `a ++ b ++ c` or `a // b // c` in one pass over the operands' values.
+    fn combine_chain(
+        &mut self,
+        op: BinaryOp,
+        op_spans: &[Span],
+        values: Vec<Value>,
+        span: Span,
+    ) -> EvalResult<Value> {
+        let (wanted, verb) = match op {
+            BinaryOp::Concat => ("a list", "`++` joins lists"),
+            _ => ("an attribute set", "`//` merges attribute sets"),
+        };
+        let mut items: Vec<ThunkId> = Vec::new();
+        let mut attrs = AttrMap::new();
+        for (n, v) in values.iter().enumerate() {
+            match (&v.kind, op) {
+                (ValueKind::List(list), BinaryOp::Concat) => {
+                    self.charge(list.len(), span)?;
+                    items.extend_from_slice(list);
+                }
+                (ValueKind::Attrs(set), BinaryOp::Update) => {
+                    self.charge(set.len(), span)?;
+                    attrs.extend(set.iter().map(|(k, slot)| (k.clone(), *slot)));
+                }
+                (other, _) => {
+                    let at = op_spans[n.saturating_sub(1).min(op_spans.len() - 1)];
+                    return Err(error(
+                        at,
+                        format!("{verb}: expected {wanted}, found {}", other.type_name()),
+                    )
+                    .with_related(v.span, format!("this is {}", other.type_name())));
+                }
+            }
+        }
+        let kind = match op {
+            BinaryOp::Concat => ValueKind::List(items.into()),
+            _ => ValueKind::Attrs(Rc::new(attrs)),
+        };
+        Ok(Value { kind, span })
     }
 
     fn eval_bool(&mut self, expr: ExprId, env: EnvId, op: BinaryOp) -> EvalResult<bool> {
@@ -727,25 +965,18 @@ impl<'s> Machine<'s> {
             ExprKind::Attrs(set) => &set.bindings,
             _ => return Err(error(self.ast[binder].span, "internal error: not a binder")),
         };
-        let plan: Vec<(Name, Span, BindingPlan)> = bindings
-            .iter()
-            .map(|b| {
-                let plan = match &b.value {
-                    BindingValue::Expr(e) => BindingPlan::Expr(*e),
-                    BindingValue::Inherit => BindingPlan::Inherit,
-                    BindingValue::InheritFrom(e) => BindingPlan::From(*e),
-                };
-                (b.name.clone(), b.name_span, plan)
-            })
-            .collect();
+        let count = bindings.len();
         let new_env = self.alloc_env(Scope {
             binder: Some(binder),
             vars: Vars::Many(Box::new([])),
             parent: Some(env),
         });
-        let mut vars = Vec::with_capacity(plan.len());
+        let mut vars = Vec::with_capacity(count);
         let mut sources: Vec<(ExprId, ThunkId)> = Vec::new();
-        for (name, name_span, plan) in plan {
+        for index in 0..count {
+            let Some((name, name_span, plan)) = self.binding_plan(binder, index) else {
+                break;
+            };
             let thunk = match plan {
                 BindingPlan::Expr(e) => self.alloc_thunk(Thunk::Expr {
                     expr: e,
@@ -826,23 +1057,15 @@ impl<'s> Machine<'s> {
         let ExprKind::Attrs(set) = &self.ast[expr].kind else {
             return Ok(AttrMap::new());
         };
-        let plan: Vec<(Name, Span, BindingPlan)> = set
-            .bindings
-            .iter()
-            .map(|b| {
-                let plan = match &b.value {
-                    BindingValue::Expr(e) => BindingPlan::Expr(*e),
-                    BindingValue::Inherit => BindingPlan::Inherit,
-                    BindingValue::InheritFrom(e) => BindingPlan::From(*e),
-                };
-                (b.name.clone(), b.name_span, plan)
-            })
-            .collect();
+        let count = set.bindings.len();
         let dynamic: Vec<(ExprId, ExprId)> =
             set.dynamic.iter().map(|d| (d.name, d.value)).collect();
         let mut attrs = AttrMap::new();
         let mut sources: Vec<(ExprId, ThunkId)> = Vec::new();
-        for (name, name_span, plan) in plan {
+        for index in 0..count {
+            let Some((name, name_span, plan)) = self.binding_plan(expr, index) else {
+                break;
+            };
             let value = match plan {
                 BindingPlan::Expr(e) => self.thunk_for(e, env),
                 BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
@@ -901,19 +1124,21 @@ impl<'s> Machine<'s> {
         match function.kind {
             ValueKind::Closure { lambda, env } => self.call_closure(lambda, env, argument, span),
             ValueKind::Builtin { builtin, args } => {
-                let mut all = Vec::with_capacity(args.len() + 1);
-                all.extend_from_slice(&args);
-                all.push(argument);
-                if all.len() < builtin.arity() {
+                // Builtins take at most three arguments: no allocation.
+                let mut all = [ThunkId(0); 3];
+                let count = (args.len() + 1).min(all.len());
+                all[..count - 1].copy_from_slice(&args[..count - 1]);
+                all[count - 1] = argument;
+                if count < builtin.arity() {
                     return Ok(Value {
                         kind: ValueKind::Builtin {
                             builtin,
-                            args: all.into(),
+                            args: all[..count].into(),
                         },
                         span,
                     });
                 }
-                self.call_builtin(builtin, &all, span)
+                self.call_builtin(builtin, &all[..count], span)
             }
             other => Err(error(
                 span,
@@ -1053,15 +1278,30 @@ impl<'s> Machine<'s> {
     }
 
     /// Appends a value that may appear in a string (string, integer, path).
-    pub fn coerce_to_string(&mut self, v: &Value, out: &mut String, verb: &str) -> EvalResult<()> {
+    pub fn coerce_to_string(
+        &mut self,
+        v: &Value,
+        out: &mut String,
+        verb: &str,
+        site: Span,
+    ) -> EvalResult<()> {
         match &v.kind {
             ValueKind::Str(s) => out.push_str(s),
             ValueKind::Int(n) => out.push_str(&n.to_string()),
             ValueKind::Path(p) => out.push_str(&p.to_string_lossy()),
             other => {
-                return Err(error(v.span, format!("cannot {verb} {} into a string", other.type_name()))
-                    .with_help("only strings, integers and paths can be; convert others with `toString` or `toJSON`")
-                    );
+                let mut diagnostic = error(
+                    site,
+                    format!("cannot {verb} {} into a string", other.type_name()),
+                )
+                .with_help(
+                    "only strings, integers and paths can be; convert others with `toString` or `toJSON`",
+                );
+                if v.span != site {
+                    diagnostic =
+                        diagnostic.with_related(v.span, format!("this is {}", other.type_name()));
+                }
+                return Err(diagnostic);
             }
         }
         Ok(())
@@ -1194,6 +1434,24 @@ impl<'s> Machine<'s> {
             data,
             span: value.span,
         })
+    }
+}
+
+impl Machine<'_> {
+    /// The `index`th binding of a `let` or set, without borrowing the tree.
+    fn binding_plan(&self, binder: ExprId, index: usize) -> Option<(Name, Span, BindingPlan)> {
+        let bindings = match &self.ast[binder].kind {
+            ExprKind::Let(let_) => &let_.bindings,
+            ExprKind::Attrs(set) => &set.bindings,
+            _ => return None,
+        };
+        let binding = bindings.get(index)?;
+        let plan = match &binding.value {
+            BindingValue::Expr(e) => BindingPlan::Expr(*e),
+            BindingValue::Inherit => BindingPlan::Inherit,
+            BindingValue::InheritFrom(e) => BindingPlan::From(*e),
+        };
+        Some((binding.name.clone(), binding.name_span, plan))
     }
 }
 

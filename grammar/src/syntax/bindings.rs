@@ -1,6 +1,8 @@
 //! Collects the bindings of a set or `let` and desugars nested attribute
 //! paths: `a.b = 1; a.c = 2;` becomes `a = { b = 1; c = 2; };`.
 
+use std::collections::HashMap;
+
 use super::SyntaxError;
 use super::ast::*;
 use super::parser::{BindingContext, Input};
@@ -9,6 +11,8 @@ use crate::source::Span;
 pub(super) struct BindingsBuilder {
     context: BindingContext,
     entries: Vec<Entry>,
+    /// Name → index in `entries` (large sets must not be quadratic).
+    index: HashMap<Name, usize>,
     dynamic: Vec<DynamicBinding>,
 }
 
@@ -43,12 +47,19 @@ impl BindingsBuilder {
         BindingsBuilder {
             context,
             entries: Vec::new(),
+            index: HashMap::new(),
             dynamic: Vec::new(),
         }
     }
 
     fn find(&mut self, name: &str) -> Option<&mut Entry> {
-        self.entries.iter_mut().find(|e| &*e.name == name)
+        let index = *self.index.get(name)?;
+        self.entries.get_mut(index)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.index.insert(entry.name.clone(), self.entries.len());
+        self.entries.push(entry);
     }
 
     pub(super) fn define(
@@ -77,7 +88,7 @@ impl BindingsBuilder {
                     if let Some(existing) = self.find(name) {
                         return Err(duplicate(name, *span, existing.name_span));
                     }
-                    self.entries.push(Entry {
+                    self.push(Entry {
                         name: name.clone(),
                         name_span: *span,
                         definition: Definition::Value(BindingValue::Expr(value)),
@@ -93,7 +104,7 @@ impl BindingsBuilder {
                     None => {
                         let mut nested = BindingsBuilder::new(BindingContext::Set);
                         nested.define_path(i, rest, value, statement)?;
-                        self.entries.push(Entry {
+                        self.push(Entry {
                             name: name.clone(),
                             name_span: *span,
                             definition: Definition::Nested(Box::new(nested), statement),
@@ -141,7 +152,7 @@ impl BindingsBuilder {
             Some(source) => BindingValue::InheritFrom(source),
             None => BindingValue::Inherit,
         };
-        self.entries.push(Entry {
+        self.push(Entry {
             name,
             name_span: span,
             definition: Definition::Value(value),

@@ -20,6 +20,7 @@ use crate::source::{FileId, Span};
 
 pub(super) struct State<'a> {
     pub file: FileId,
+    pub text: &'a str,
     pub ast: RefCell<&'a mut Ast>,
     depth: Cell<usize>,
     names: RefCell<HashSet<Name>>,
@@ -53,13 +54,14 @@ impl<'a> ParseError<Input<'a>> for SyntaxError {
 pub(super) fn parse_file(file: FileId, text: &str, ast: &mut Ast) -> Result<ExprId, SyntaxError> {
     let state = State {
         file,
+        text,
         ast: RefCell::new(ast),
         depth: Cell::new(0),
         names: RefCell::new(HashSet::new()),
     };
     let input = Input::new_extra(text, &state);
     let result = (|| -> PResult<'_, ExprId> {
-        let (i, root) = expr(input)?;
+        let (i, root) = required_expr(input, "")?;
         let (i, ()) = ws(i)?;
         if !i.fragment().is_empty() {
             return Err(unexpected(i, "expected an operator or the end of the file"));
@@ -68,7 +70,18 @@ pub(super) fn parse_file(file: FileId, text: &str, ast: &mut Ast) -> Result<Expr
     })();
     match result {
         Ok((_, root)) => Ok(root),
-        Err(nom::Err::Error(e) | nom::Err::Failure(e)) => Err(e),
+        Err(nom::Err::Error(mut e) | nom::Err::Failure(mut e)) => {
+            // An error at the end of the file is shown right after the last
+            // token (the line the user has to fix), not on a line of its own.
+            let content_end = text.trim_end().len();
+            if e.offset > content_end && text[content_end..].trim().is_empty() {
+                e.offset = content_end;
+            }
+            if text.trim().is_empty() {
+                e.message = "the file is empty: expected an expression".to_string();
+            }
+            Err(e)
+        }
         Err(nom::Err::Incomplete(_)) => Err(SyntaxError::new(text.len(), "unexpected end of file")),
     }
 }
@@ -107,10 +120,8 @@ fn advance<'a>(i: Input<'a>, n: usize) -> Input<'a> {
 }
 
 fn not_this<T>(i: Input) -> PResult<T> {
-    Err(nom::Err::Error(SyntaxError::new(
-        offset(&i),
-        "unexpected input",
-    )))
+    // No message: backtracking is frequent and must not allocate.
+    Err(nom::Err::Error(SyntaxError::new(offset(&i), String::new())))
 }
 
 /// A committed error at `i`, labelled with what is actually there.
@@ -318,7 +329,12 @@ fn required_expr<'a>(i: Input<'a>, context: &str) -> PResult<'a, ExprId> {
     match expr(i) {
         Err(nom::Err::Error(_)) => {
             let (i, ()) = ws(i)?;
-            Err(unexpected(i, format!("expected an expression {context}")))
+            Err(unexpected(
+                i,
+                format!("expected an expression {context}")
+                    .trim_end()
+                    .to_string(),
+            ))
         }
         other => other,
     }
@@ -554,6 +570,9 @@ fn right_chain<'a>(
     op: BinaryOp,
 ) -> PResult<'a, ExprId> {
     let (mut i, first) = operand(i)?;
+    if punct(i, symbol).is_err() {
+        return Ok((i, first));
+    }
     let mut operands = vec![first];
     let mut op_spans = Vec::new();
     while let Ok((rest, op_span)) = punct(i, symbol) {
@@ -791,7 +810,6 @@ fn is_literal_keyword(w: &str) -> bool {
 
 fn select_expr(i: Input) -> PResult<ExprId> {
     let (i, subject) = atom(i)?;
-    let (i, ()) = ws(i)?;
     match punct(i, ".") {
         Ok((rest, _)) => {
             let (rest, path) = attr_path(rest, "after `.`")?;
@@ -1142,9 +1160,24 @@ fn bindings<'a>(
                 return Err(unexpected(i, message));
             }
         };
-        let (rest, _) = expect(rest, "=", "after the attribute name")?;
+        let (rest, _) = match expect(rest, "=", "after the attribute name") {
+            Err(nom::Err::Failure(mut error)) if context == BindingContext::Let => {
+                error.help =
+                    Some("if this is the body of the `let`, write `in` before it".to_string());
+                return Err(nom::Err::Failure(error));
+            }
+            other => other?,
+        };
         let (rest, value) = required_expr(rest, "after `=`")?;
-        let (rest, _) = expect(rest, ";", "after the attribute value")?;
+        let (rest, _) = match expect(rest, ";", "after the attribute value") {
+            Ok(ok) => ok,
+            Err(nom::Err::Failure(error)) => {
+                return Err(nom::Err::Failure(
+                    forgotten_semicolon(&rest, value).unwrap_or(error),
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         let statement = span_from(stmt_start, &rest);
         builder.define(&rest, path, value, statement)?;
         i = rest;
@@ -1273,4 +1306,36 @@ fn indented_string(i: Input) -> PResult<ExprId> {
     let span = span_from(start, &i);
     let id = alloc(&i, ExprKind::Str(parts), span);
     Ok((i, id))
+}
+
+/// `a = f\n  b = 2;` parses `f b` as a call and then trips over `=`. When a
+/// value is a call whose argument starts on a later line, the likely mistake
+/// is a missing `;` at the end of the earlier line: say so, there.
+fn forgotten_semicolon(i: &Input, value: ExprId) -> Option<SyntaxError> {
+    let ast = i.extra.ast.borrow();
+    let mut chain = Vec::new();
+    let mut current = value;
+    while let ExprKind::Apply { function, argument } = &ast[current].kind {
+        chain.push(*argument);
+        current = *function;
+    }
+    let text = i.extra.text;
+    let mut previous_end = ast[current].span.end as usize;
+    for argument in chain.into_iter().rev() {
+        let start = ast[argument].span.start as usize;
+        if text
+            .get(previous_end..start)
+            .is_some_and(|gap| gap.contains('\n'))
+        {
+            let mut error =
+                SyntaxError::new(previous_end, "expected `;` after the attribute value");
+            error.label = Some("expected `;` here".to_string());
+            error.help = Some(
+                "without `;` the next line is read as an argument of a function call".to_string(),
+            );
+            return Some(error);
+        }
+        previous_end = ast[argument].span.end as usize;
+    }
+    None
 }
