@@ -589,3 +589,57 @@ fn memory_and_pids_limits_apply_or_fail_clearly() {
     let in_kiln_cgroups: u32 = stdout.trim().parse().unwrap();
     assert!(in_kiln_cgroups >= 1, "{stdout}");
 }
+
+#[test]
+fn an_unprivileged_caller_gets_a_user_namespace() {
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    if !nix::unistd::geteuid().is_root() {
+        return; // this test switches to `nobody`, which needs root
+    }
+    let job = Job::with_layers(
+        "id -u; id -g; cat a; rm a; echo new > b; hostname",
+        &[&[("a", "lower\n")]],
+    );
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    for entry in walk(job.dir.path()) {
+        nix::unistd::chown(&entry, Some(nobody), Some(nogroup)).unwrap();
+    }
+    let run = job.prepare();
+    nix::unistd::chown(run.spec_path(), Some(nobody), Some(nogroup)).unwrap();
+    let output = run
+        .command(Path::new(HELPER))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        run.outcome(output.status),
+        SandboxOutcome::Exited { code: 0 },
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(stdout, "0\n0\nlower\nkiln\n", "mapped to root inside");
+    let whiteout = std::fs::symlink_metadata(job.upper().join("a")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
+    assert_eq!(
+        whiteout.uid(),
+        65534,
+        "outside, the job's files belong to the caller"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_owned()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(walk(&path));
+        } else {
+            all.push(path);
+        }
+    }
+    all
+}

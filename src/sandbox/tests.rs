@@ -96,7 +96,7 @@ fn host_view_sequence() {
         mount tmpfs /newroot/var/tmp type=tmpfs flags=MS_RDONLY|MS_NOSUID|MS_NODEV data=mode=0755,size=4k
         mount /empty-file /newroot/etc/secret type=- flags=MS_BIND data=-
         mount_setattr /newroot rdonly recursive
-        mount overlay /newroot/work type=overlay flags=0 data=lowerdir=/oldroot/layers/dep:/oldroot/layers/base,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work
+        mount overlay /newroot/work type=overlay flags=0 data=lowerdir=/oldroot/layers/dep:/oldroot/layers/base,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work,volatile
         mount proc /newroot/proc type=proc flags=MS_NOSUID|MS_NODEV|MS_NOEXEC data=-
         mount tmpfs /newroot/dev type=tmpfs flags=MS_NOSUID|MS_NOEXEC data=mode=0755,size=64k
         mknod /newroot/dev/null c 1:3 666
@@ -156,7 +156,7 @@ fn image_root_is_a_read_only_overlay_with_a_scaffold_on_top() {
     .assert_eq(&until_workspace);
     // No dependency layer: the workspace overlay stands on an empty one.
     assert!(transcript.contains(
-        "mount overlay /newroot/home/build/src type=overlay flags=0 data=lowerdir=/empty-layer,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work\n"
+        "mount overlay /newroot/home/build/src type=overlay flags=0 data=lowerdir=/empty-layer,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work,volatile\n"
     ));
     assert!(
         !transcript.contains("mount_setattr"),
