@@ -217,6 +217,10 @@ fn the_job_sees_only_its_own_processes() {
 #[test]
 fn the_job_cannot_read_home_root_or_the_hosts_tmp() {
     let _serial = serial();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: planting markers in /root and /home needs root");
+        return;
+    }
     let markers = [
         PathBuf::from(format!("/root/.kiln-sandbox-test-{}", std::process::id())),
         PathBuf::from(format!("/home/.kiln-sandbox-test-{}", std::process::id())),
@@ -449,6 +453,15 @@ fn setup_failures_come_back_as_such() {
     let reason = setup_failure(&job.run().0).to_owned();
     assert!(reason.starts_with("workspace layer "), "{reason}");
 
+    // A missing script.
+    let job = Job::new("true");
+    std::fs::remove_file(job.dir.path().join("job.sh")).unwrap();
+    let reason = setup_failure(&job.run().0).to_owned();
+    assert!(
+        reason.starts_with("cannot read the job script "),
+        "{reason}"
+    );
+
     // A bad workspace path: refused by `prepare`, and by the helper when a
     // spec gets to it anyway.
     let mut job = Job::new("true");
@@ -573,7 +586,7 @@ fn memory_and_pids_limits_apply_or_fail_clearly() {
     job.spec.limits.pids = Some(4);
     job.spec.limits.memory_bytes = Some(64 << 20);
     let (outcome, stdout, stderr) = job.run();
-    if !machine_has_cgroup_controllers() {
+    if !machine_has_cgroup_controllers() || !nix::unistd::geteuid().is_root() {
         let reason = setup_failure(&outcome);
         assert!(reason.starts_with("cgroup limit"), "{reason}");
         return;
