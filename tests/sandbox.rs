@@ -656,3 +656,50 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     all
 }
+
+#[test]
+fn a_killed_sandbox_with_limits_leaves_no_cgroup() {
+    let _serial = serial();
+    if !machine_has_cgroup_controllers() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let mut job = Job::new("touch started; sleep 987671");
+    job.spec.limits.pids = Some(16);
+    let run = job.prepare();
+    let mut child = run.command(Path::new(HELPER)).spawn().unwrap();
+    let helper_pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !job.upper().join("started").exists() {
+        assert!(Instant::now() < deadline, "the job did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cgroup_dirs = || -> Vec<PathBuf> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let mut candidates = vec![PathBuf::from(format!("/sys/fs/cgroup/kiln/{helper_pid}"))];
+        for line in own.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+            );
+            if controllers == "pids" {
+                candidates.push(PathBuf::from(format!(
+                    "/sys/fs/cgroup/pids{}/kiln/{helper_pid}",
+                    path.trim_end_matches('/')
+                )));
+            }
+        }
+        candidates.into_iter().filter(|d| d.is_dir()).collect()
+    };
+    assert_eq!(cgroup_dirs().len(), 1, "the job runs in its cgroup");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with("987671").is_empty() {
+        assert!(Instant::now() < deadline, "the job survived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    run.clean_up_after_kill(helper_pid);
+    assert_eq!(cgroup_dirs(), Vec::<PathBuf>::new());
+}

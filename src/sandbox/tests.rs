@@ -326,6 +326,8 @@ fn cgroup_v1_and_v2_layouts() {
         write CG/pids/kiln/7/cgroup.procs "42"
         rmdir CG/pids/kiln/7
         rmdir CG/memory/outer/job/kiln/7
+        rmdir CG/memory/outer/job/kiln
+        rmdir CG/pids/kiln
     "#]]
     .assert_eq(&shown);
 
@@ -439,4 +441,18 @@ fn resolve_names_the_missing_path() {
         Plan::resolve(&spec).unwrap_err(),
         SandboxError::OverlayPathSyntax { .. }
     ));
+}
+
+#[test]
+fn a_non_utf8_path_is_an_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec();
+    spec.script = PathBuf::from(std::ffi::OsStr::from_bytes(b"/job-\xff.sh"));
+    let err = super::SandboxRun::prepare(&spec, dir.path()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid sandbox spec: cannot encode the spec"),
+        "{err}"
+    );
 }
