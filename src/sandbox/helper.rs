@@ -87,10 +87,23 @@ pub fn run(sys: &mut impl Sys, spec: &SandboxSpec) -> Result<SandboxOutcome, San
     let plan = Plan::resolve(spec)?;
     // Fail before unsharing anything when a limit cannot be honoured.
     let cgroup = Cgroup::prepare(sys, &plan.limits)?;
+    let outcome = run_in(sys, &plan, cgroup.as_ref());
+    // Only the helper gets here: PID 1 never returns.
+    if let Some(cgroup) = cgroup {
+        cgroup.remove(sys);
+    }
+    outcome
+}
+
+fn run_in(
+    sys: &mut impl Sys,
+    plan: &Plan,
+    cgroup: Option<&Cgroup>,
+) -> Result<SandboxOutcome, SandboxError> {
     // If kiln dies, so does the helper, and with it the whole sandbox.
     sys.set_parent_death_signal()
         .map_err(SandboxError::ParentDeathSignal)?;
-    setup::enter_namespaces(sys, &plan)?;
+    setup::enter_namespaces(sys, plan)?;
 
     let (report_read, report_write) = pipe()?;
     let (go_read, go_write) = pipe()?;
@@ -99,39 +112,28 @@ pub fn run(sys: &mut impl Sys, spec: &SandboxSpec) -> Result<SandboxOutcome, San
         // waiting instead of waiting for the helper to be scheduled again.
         nix::unistd::write(&go_write, b"g").map_err(SandboxError::Pipe)?;
     }
-    match sys.fork().map_err(SandboxError::Fork)? {
+    let child = match sys.fork().map_err(SandboxError::Fork)? {
         Forked::Child => {
             drop((report_read, go_write));
-            init(sys, &plan, go_read, report_write)
+            init(sys, plan, go_read, report_write)
         }
-        Forked::Parent { child } => {
-            drop((report_write, go_read));
-            let joined = cgroup.as_ref().map(|cg| cg.add(sys, child)).transpose();
-            let outcome = match joined {
-                Ok(_) => {
-                    if cgroup.is_some() {
-                        // PID 1 starts only once it is in its cgroup.
-                        let _ = nix::unistd::write(&go_write, b"g");
-                    }
-                    let outcome = wait_for_init(child, report_read);
-                    // Held open until now: PID 1 takes a hang-up on it for
-                    // the helper's death.
-                    drop(go_write);
-                    outcome
-                }
-                Err(err) => {
-                    // Closing the go pipe unwritten tells PID 1 to give up.
-                    drop(go_write);
-                    let _ = waitpid(child, None);
-                    Err(err)
-                }
-            };
-            if let Some(cgroup) = cgroup {
-                cgroup.remove(sys);
-            }
-            outcome
+        Forked::Parent { child } => child,
+    };
+    drop((report_write, go_read));
+    if let Some(cgroup) = cgroup {
+        if let Err(err) = cgroup.add(sys, child) {
+            // Closing the go pipe unwritten tells PID 1 to give up.
+            drop(go_write);
+            let _ = waitpid(child, None);
+            return Err(err);
         }
+        // PID 1 starts only once it is in its cgroup.
+        let _ = nix::unistd::write(&go_write, b"g");
     }
+    let outcome = wait_for_init(child, report_read);
+    // Held open until now: PID 1 takes a hang-up on it for the helper's death.
+    drop(go_write);
+    outcome
 }
 
 fn wait_for_init(init: Pid, report: OwnedFd) -> Result<SandboxOutcome, SandboxError> {
