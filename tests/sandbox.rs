@@ -217,6 +217,10 @@ fn the_job_sees_only_its_own_processes() {
 #[test]
 fn the_job_cannot_read_home_root_or_the_hosts_tmp() {
     let _serial = serial();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: planting markers in /root and /home needs root");
+        return;
+    }
     let markers = [
         PathBuf::from(format!("/root/.kiln-sandbox-test-{}", std::process::id())),
         PathBuf::from(format!("/home/.kiln-sandbox-test-{}", std::process::id())),
@@ -449,6 +453,15 @@ fn setup_failures_come_back_as_such() {
     let reason = setup_failure(&job.run().0).to_owned();
     assert!(reason.starts_with("workspace layer "), "{reason}");
 
+    // A missing script.
+    let job = Job::new("true");
+    std::fs::remove_file(job.dir.path().join("job.sh")).unwrap();
+    let reason = setup_failure(&job.run().0).to_owned();
+    assert!(
+        reason.starts_with("cannot read the job script "),
+        "{reason}"
+    );
+
     // A bad workspace path: refused by `prepare`, and by the helper when a
     // spec gets to it anyway.
     let mut job = Job::new("true");
@@ -573,7 +586,7 @@ fn memory_and_pids_limits_apply_or_fail_clearly() {
     job.spec.limits.pids = Some(4);
     job.spec.limits.memory_bytes = Some(64 << 20);
     let (outcome, stdout, stderr) = job.run();
-    if !machine_has_cgroup_controllers() {
+    if !machine_has_cgroup_controllers() || !nix::unistd::geteuid().is_root() {
         let reason = setup_failure(&outcome);
         assert!(reason.starts_with("cgroup limit"), "{reason}");
         return;
@@ -588,4 +601,105 @@ fn memory_and_pids_limits_apply_or_fail_clearly() {
     assert!(!stdout.contains("unreachable"));
     let in_kiln_cgroups: u32 = stdout.trim().parse().unwrap();
     assert!(in_kiln_cgroups >= 1, "{stdout}");
+}
+
+#[test]
+fn an_unprivileged_caller_gets_a_user_namespace() {
+    use std::os::unix::process::CommandExt;
+    let _serial = serial();
+    if !nix::unistd::geteuid().is_root() {
+        return; // this test switches to `nobody`, which needs root
+    }
+    let job = Job::with_layers(
+        "id -u; id -g; cat a; rm a; echo new > b; hostname",
+        &[&[("a", "lower\n")]],
+    );
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    let nogroup = nix::unistd::Gid::from_raw(65534);
+    for entry in walk(job.dir.path()) {
+        nix::unistd::chown(&entry, Some(nobody), Some(nogroup)).unwrap();
+    }
+    let run = job.prepare();
+    nix::unistd::chown(run.spec_path(), Some(nobody), Some(nogroup)).unwrap();
+    let output = run
+        .command(Path::new(HELPER))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        run.outcome(output.status),
+        SandboxOutcome::Exited { code: 0 },
+        "{stdout}\n{stderr}"
+    );
+    assert_eq!(stdout, "0\n0\nlower\nkiln\n", "mapped to root inside");
+    let whiteout = std::fs::symlink_metadata(job.upper().join("a")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
+    assert_eq!(
+        whiteout.uid(),
+        65534,
+        "outside, the job's files belong to the caller"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_owned()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all.extend(walk(&path));
+        } else {
+            all.push(path);
+        }
+    }
+    all
+}
+
+#[test]
+fn a_killed_sandbox_with_limits_leaves_no_cgroup() {
+    let _serial = serial();
+    if !machine_has_cgroup_controllers() || !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let mut job = Job::new("touch started; sleep 987671");
+    job.spec.limits.pids = Some(16);
+    let run = job.prepare();
+    let mut child = run.command(Path::new(HELPER)).spawn().unwrap();
+    let helper_pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !job.upper().join("started").exists() {
+        assert!(Instant::now() < deadline, "the job did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cgroup_dirs = || -> Vec<PathBuf> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let mut candidates = vec![PathBuf::from(format!("/sys/fs/cgroup/kiln/{helper_pid}"))];
+        for line in own.lines() {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+                fields.next().unwrap(),
+            );
+            if controllers == "pids" {
+                candidates.push(PathBuf::from(format!(
+                    "/sys/fs/cgroup/pids{}/kiln/{helper_pid}",
+                    path.trim_end_matches('/')
+                )));
+            }
+        }
+        candidates.into_iter().filter(|d| d.is_dir()).collect()
+    };
+    assert_eq!(cgroup_dirs().len(), 1, "the job runs in its cgroup");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with("987671").is_empty() {
+        assert!(Instant::now() < deadline, "the job survived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    run.clean_up_after_kill(helper_pid);
+    assert_eq!(cgroup_dirs(), Vec::<PathBuf>::new());
 }

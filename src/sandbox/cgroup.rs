@@ -5,10 +5,10 @@
 //! below the root, with `memory` and `pids` enabled in `subtree_control`.
 //! cgroup v1 (hybrid layouts such as this machine's): `kiln/<helper pid>`
 //! below the helper's own cgroup in the `memory` and `pids` hierarchies, so
-//! limits of an enclosing cgroup still hold. The `kiln` directories are left
-//! in place (another sandbox may be using them). A limit that cannot be applied (no
-//! such controller, not root) is a setup failure that says so: the job
-//! never runs unlimited by surprise.
+//! limits of an enclosing cgroup still hold; the `kiln` directory there is
+//! removed again by the last sandbox using it. A limit that cannot be
+//! applied (no such controller, not root) is a setup failure that says so:
+//! the job never runs unlimited by surprise.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +25,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 #[derive(Debug)]
 pub struct Cgroup {
     dirs: Vec<PathBuf>,
+    /// v1 `kiln` directories inside the caller's own cgroups: removed once
+    /// empty, so nothing of kiln stays in a cgroup that is not its own.
+    prune: Vec<PathBuf>,
 }
 
 fn failure(limit: &'static str, reason: impl Into<String>) -> SandboxError {
@@ -99,7 +102,10 @@ impl Cgroup {
                 "cgroup limits need root (delegated cgroups are not supported yet)",
             ));
         }
-        let mut cgroup = Cgroup { dirs: Vec::new() };
+        let mut cgroup = Cgroup {
+            dirs: Vec::new(),
+            prune: Vec::new(),
+        };
         let result = if root.join("cgroup.controllers").exists() {
             cgroup.prepare_v2(sys, root, &wanted, id)
         } else {
@@ -186,13 +192,52 @@ impl Cgroup {
             let parent = hierarchy
                 .join(own.strip_prefix("/").unwrap_or(own))
                 .join("kiln");
-            make_dir(sys, limit, &parent)?;
             let dir = parent.join(id.to_string());
-            make_dir(sys, limit, &dir)?;
+            // Another sandbox may prune `parent` between the two mkdirs.
+            let mut attempts = 0;
+            loop {
+                make_dir(sys, limit, &parent)?;
+                match sys.mkdir(&dir, 0o755) {
+                    Ok(()) | Err(Errno::EEXIST) => break,
+                    Err(Errno::ENOENT) if attempts < 5 => attempts += 1,
+                    Err(errno) => {
+                        return Err(failure(
+                            limit,
+                            format!("creating {}: {errno}", dir.display()),
+                        ));
+                    }
+                }
+            }
             self.dirs.push(dir.clone());
+            self.prune.push(parent);
             write(sys, limit, &dir.join(file), value)?;
         }
         Ok(())
+    }
+
+    /// The directories a helper with process id `id` may have left behind
+    /// (when it was killed before it could clean up), for a caller in the
+    /// same cgroup as that helper was.
+    pub fn leftovers(id: u32) -> Cgroup {
+        let root = Path::new(CGROUP_ROOT);
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut dirs = vec![root.join("kiln").join(id.to_string())];
+        for controller in ["memory", "pids"] {
+            let own = own_v1_cgroup(&own, controller);
+            let hierarchy = root.join(controller);
+            dirs.push(
+                hierarchy
+                    .join(own.strip_prefix("/").unwrap_or(own))
+                    .join("kiln")
+                    .join(id.to_string()),
+            );
+        }
+        let prune = dirs[1..]
+            .iter()
+            .filter_map(|d| d.parent().map(Path::to_owned))
+            .collect();
+        dirs.retain(|dir| dir.is_dir());
+        Cgroup { dirs, prune }
     }
 
     /// Moves `pid` (the sandbox's PID 1, before it starts) into the cgroup.
@@ -218,6 +263,10 @@ impl Cgroup {
                     _ => break,
                 }
             }
+        }
+        for parent in &self.prune {
+            // Fails while another sandbox still uses it: that one prunes it.
+            let _ = sys.remove_dir(parent);
         }
     }
 }

@@ -87,41 +87,53 @@ pub fn run(sys: &mut impl Sys, spec: &SandboxSpec) -> Result<SandboxOutcome, San
     let plan = Plan::resolve(spec)?;
     // Fail before unsharing anything when a limit cannot be honoured.
     let cgroup = Cgroup::prepare(sys, &plan.limits)?;
+    let outcome = run_in(sys, &plan, cgroup.as_ref());
+    // Only the helper gets here: PID 1 never returns.
+    if let Some(cgroup) = cgroup {
+        cgroup.remove(sys);
+    }
+    outcome
+}
+
+fn run_in(
+    sys: &mut impl Sys,
+    plan: &Plan,
+    cgroup: Option<&Cgroup>,
+) -> Result<SandboxOutcome, SandboxError> {
     // If kiln dies, so does the helper, and with it the whole sandbox.
     sys.set_parent_death_signal()
         .map_err(SandboxError::ParentDeathSignal)?;
-    setup::enter_namespaces(sys, &plan)?;
+    setup::enter_namespaces(sys, plan)?;
 
     let (report_read, report_write) = pipe()?;
     let (go_read, go_write) = pipe()?;
-    match sys.fork().map_err(SandboxError::Fork)? {
+    if cgroup.is_none() {
+        // Nothing to do between fork and start: PID 1 finds its go byte
+        // waiting instead of waiting for the helper to be scheduled again.
+        nix::unistd::write(&go_write, b"g").map_err(SandboxError::Pipe)?;
+    }
+    let child = match sys.fork().map_err(SandboxError::Fork)? {
         Forked::Child => {
             drop((report_read, go_write));
-            init(sys, &plan, go_read, report_write)
+            init(sys, plan, go_read, report_write)
         }
-        Forked::Parent { child } => {
-            drop((report_write, go_read));
-            let joined = cgroup.as_ref().map(|cg| cg.add(sys, child)).transpose();
-            let outcome = match joined {
-                Ok(_) => {
-                    // PID 1 starts only after it is in its cgroup.
-                    let _ = nix::unistd::write(&go_write, b"g");
-                    drop(go_write);
-                    wait_for_init(child, report_read)
-                }
-                Err(err) => {
-                    // Closing the go pipe unwritten tells PID 1 to give up.
-                    drop(go_write);
-                    let _ = waitpid(child, None);
-                    Err(err)
-                }
-            };
-            if let Some(cgroup) = cgroup {
-                cgroup.remove(sys);
-            }
-            outcome
+        Forked::Parent { child } => child,
+    };
+    drop((report_write, go_read));
+    if let Some(cgroup) = cgroup {
+        if let Err(err) = cgroup.add(sys, child) {
+            // Closing the go pipe unwritten tells PID 1 to give up.
+            drop(go_write);
+            let _ = waitpid(child, None);
+            return Err(err);
         }
+        // PID 1 starts only once it is in its cgroup.
+        let _ = nix::unistd::write(&go_write, b"g");
     }
+    let outcome = wait_for_init(child, report_read);
+    // Held open until now: PID 1 takes a hang-up on it for the helper's death.
+    drop(go_write);
+    outcome
 }
 
 fn wait_for_init(init: Pid, report: OwnedFd) -> Result<SandboxOutcome, SandboxError> {
@@ -181,10 +193,11 @@ fn init(sys: &mut impl Sys, plan: &Plan, go: OwnedFd, report_fd: OwnedFd) -> ! {
     if let Err(errno) = sys.set_parent_death_signal() {
         fail(SandboxError::ParentDeathSignal(errno));
     }
-    // The parent-death signal is armed; if the helper died before that, the
-    // go pipe is closed without a byte and we stop here.
+    // The parent-death signal is armed. No go byte (the helper gave up), or
+    // a hang-up on the go pipe (the helper died before the signal was
+    // armed): stop here.
     let mut byte = [0u8; 1];
-    if !matches!(nix::unistd::read(go.as_fd(), &mut byte), Ok(1)) {
+    if !matches!(nix::unistd::read(go.as_fd(), &mut byte), Ok(1)) || helper_gone(&go) {
         exit_now(EXIT_SETUP_FAILED);
     }
     drop(go);
@@ -212,6 +225,18 @@ fn init(sys: &mut impl Sys, plan: &Plan, go: OwnedFd, report_fd: OwnedFd) -> ! {
     let outcome = reap_until(job);
     report(&report_fd, &outcome);
     exit_now(outcome.helper_exit_code())
+}
+
+/// True when no one holds the write end of `go` any more.
+fn helper_gone(go: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(go.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+        Err(_) => false,
+    }
 }
 
 /// Reaps every child (orphans are re-parented to PID 1) until `job` ends.

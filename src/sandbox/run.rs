@@ -6,10 +6,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
+use super::cgroup::Cgroup;
 use super::error::SandboxError;
 use super::helper::HELPER_ARG;
 use super::outcome::SandboxOutcome;
 use super::spec::SandboxSpec;
+use super::sys::RealSys;
 
 /// One prepared sandbox run: the spec written into `dir`, where the helper
 /// will also leave its status.
@@ -28,7 +30,9 @@ impl SandboxRun {
             spec_path: dir.join("sandbox-spec.json"),
             status_path: dir.join("sandbox-status.json"),
         };
-        let json = serde_json::to_vec_pretty(spec).expect("a spec always serialises");
+        // Fails only on a path that is not UTF-8, which JSON cannot carry.
+        let json = serde_json::to_vec_pretty(spec)
+            .map_err(|err| SandboxError::InvalidSpec(format!("cannot encode the spec: {err}")))?;
         std::fs::write(&run.spec_path, json).map_err(|source| SandboxError::WriteRunFile {
             path: run.spec_path.clone(),
             source,
@@ -75,6 +79,13 @@ impl SandboxRun {
                 code: status.code(),
             },
         }
+    }
+
+    /// Removes what a helper killed before it could clean up leaves behind:
+    /// its (empty) cgroup directories, when the spec had limits. `helper_pid`
+    /// is the spawned child's id; call it after the child was reaped.
+    pub fn clean_up_after_kill(&self, helper_pid: u32) {
+        Cgroup::leftovers(helper_pid).remove(&mut RealSys);
     }
 
     pub fn spec_path(&self) -> &Path {

@@ -381,8 +381,14 @@ fn mount_workspace(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> 
     } else {
         plan.workspace_lower.iter().map(|l| on_host(l)).collect()
     };
+    // `volatile`: no syncfs of the upper filesystem when the overlay goes
+    // away. Without it every job's end flushes the whole host filesystem
+    // holding the upper dir (a disk cache flush, plus other programs' dirty
+    // data). The upper layer is read back through the page cache right
+    // after the job; the store makes what it keeps durable itself, and a
+    // crash mid-job leaves a job that is rerun anyway.
     let mut options = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={},volatile",
         join_lowerdirs(&lower),
         on_host(&plan.workspace_upper).display(),
         on_host(&plan.workspace_work).display()

@@ -96,7 +96,7 @@ fn host_view_sequence() {
         mount tmpfs /newroot/var/tmp type=tmpfs flags=MS_RDONLY|MS_NOSUID|MS_NODEV data=mode=0755,size=4k
         mount /empty-file /newroot/etc/secret type=- flags=MS_BIND data=-
         mount_setattr /newroot rdonly recursive
-        mount overlay /newroot/work type=overlay flags=0 data=lowerdir=/oldroot/layers/dep:/oldroot/layers/base,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work
+        mount overlay /newroot/work type=overlay flags=0 data=lowerdir=/oldroot/layers/dep:/oldroot/layers/base,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work,volatile
         mount proc /newroot/proc type=proc flags=MS_NOSUID|MS_NODEV|MS_NOEXEC data=-
         mount tmpfs /newroot/dev type=tmpfs flags=MS_NOSUID|MS_NOEXEC data=mode=0755,size=64k
         mknod /newroot/dev/null c 1:3 666
@@ -156,7 +156,7 @@ fn image_root_is_a_read_only_overlay_with_a_scaffold_on_top() {
     .assert_eq(&until_workspace);
     // No dependency layer: the workspace overlay stands on an empty one.
     assert!(transcript.contains(
-        "mount overlay /newroot/home/build/src type=overlay flags=0 data=lowerdir=/empty-layer,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work\n"
+        "mount overlay /newroot/home/build/src type=overlay flags=0 data=lowerdir=/empty-layer,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work,volatile\n"
     ));
     assert!(
         !transcript.contains("mount_setattr"),
@@ -326,6 +326,8 @@ fn cgroup_v1_and_v2_layouts() {
         write CG/pids/kiln/7/cgroup.procs "42"
         rmdir CG/pids/kiln/7
         rmdir CG/memory/outer/job/kiln/7
+        rmdir CG/memory/outer/job/kiln
+        rmdir CG/pids/kiln
     "#]]
     .assert_eq(&shown);
 
@@ -439,4 +441,18 @@ fn resolve_names_the_missing_path() {
         Plan::resolve(&spec).unwrap_err(),
         SandboxError::OverlayPathSyntax { .. }
     ));
+}
+
+#[test]
+fn a_non_utf8_path_is_an_error_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec();
+    spec.script = PathBuf::from(std::ffi::OsStr::from_bytes(b"/job-\xff.sh"));
+    let err = super::SandboxRun::prepare(&spec, dir.path()).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid sandbox spec: cannot encode the spec"),
+        "{err}"
+    );
 }
