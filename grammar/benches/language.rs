@@ -155,6 +155,11 @@ fn main() {
         _ => 0,
     };
     assert_eq!(count, 10_000);
+    if let Some(dump) = std::env::var_os("KILN_BENCH_DUMP") {
+        // For comparing with another evaluator (benches/language.sh).
+        let json = jobs.value.to_json(&dir);
+        std::fs::write(dump, serde_json::to_string(&json).expect("JSON")).expect("write dump");
+    }
 
     let only = std::env::var("KILN_BENCH_ONLY").unwrap_or_default();
     report(
