@@ -585,7 +585,7 @@ impl Machine<'_> {
             ValueKind::Null => serde_json::Value::Null,
             ValueKind::Bool(b) => serde_json::Value::Bool(b),
             ValueKind::Int(n) => serde_json::Value::from(n),
-            ValueKind::Str(s) => serde_json::Value::String(s.to_string()),
+            ValueKind::Str(s) => serde_json::Value::String(String::from(&*s)),
             ValueKind::Path(p) => serde_json::Value::String(p.to_string_lossy().into_owned()),
             ValueKind::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -599,7 +599,7 @@ impl Machine<'_> {
                 let mut out = serde_json::Map::new();
                 for (name, slot) in attrs.iter() {
                     let item = self.force(slot.value)?;
-                    out.insert(name.to_string(), self.json_of(item, depth + 1, span)?);
+                    out.insert(String::from(&**name), self.json_of(item, depth + 1, span)?);
                 }
                 serde_json::Value::Object(out)
             }

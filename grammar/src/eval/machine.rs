@@ -45,6 +45,8 @@ pub(crate) struct Machine<'s> {
     imports: HashMap<PathBuf, Value>,
     import_stack: Vec<PathBuf>,
     builtins_set: Option<Value>,
+    /// Reused buffer for building strings.
+    scratch: String,
 }
 
 fn internal(span: Span) -> Diagnostic {
@@ -64,7 +66,7 @@ impl<'s> Machine<'s> {
     ) -> Machine<'s> {
         Machine {
             ast: Ast::new(),
-            thunks: Vec::new(),
+            thunks: Vec::with_capacity(1 << 12),
             // EnvId(0): the top scope; lookups falling through it reach the builtins.
             envs: vec![Scope {
                 binder: None,
@@ -83,6 +85,7 @@ impl<'s> Machine<'s> {
             imports: HashMap::new(),
             import_stack: Vec::new(),
             builtins_set: None,
+            scratch: String::new(),
         }
     }
 
@@ -394,7 +397,10 @@ impl<'s> Machine<'s> {
                 StrPart::Interpolation(_) => 16,
             })
             .sum();
-        let mut out = String::with_capacity(literal_len);
+        // Built in a reused buffer, then copied once into its `Rc<str>`.
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        out.reserve(literal_len);
         for index in 0..count {
             // Re-borrow the tree each time: evaluating an interpolation may
             // import files, which grows it.
@@ -416,8 +422,10 @@ impl<'s> Machine<'s> {
             }
             self.check_string_len(out.len(), span)?;
         }
+        let text: Rc<str> = Rc::from(out.as_str());
+        self.scratch = out;
         Ok(Value {
-            kind: ValueKind::Str(out.into()),
+            kind: ValueKind::Str(text),
             span,
         })
     }
@@ -1287,7 +1295,10 @@ impl<'s> Machine<'s> {
     ) -> EvalResult<()> {
         match &v.kind {
             ValueKind::Str(s) => out.push_str(s),
-            ValueKind::Int(n) => out.push_str(&n.to_string()),
+            ValueKind::Int(n) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{n}");
+            }
             ValueKind::Path(p) => out.push_str(&p.to_string_lossy()),
             other => {
                 let mut diagnostic = error(
@@ -1403,7 +1414,7 @@ impl<'s> Machine<'s> {
             ValueKind::Null => Data::Null,
             ValueKind::Bool(b) => Data::Bool(b),
             ValueKind::Int(n) => Data::Int(n),
-            ValueKind::Str(s) => Data::Str(s.to_string()),
+            ValueKind::Str(s) => Data::Str(String::from(&*s)),
             ValueKind::Path(p) => Data::Path(p.to_path_buf()),
             ValueKind::List(items) => {
                 let mut nodes = Vec::with_capacity(items.len());
@@ -1414,19 +1425,18 @@ impl<'s> Machine<'s> {
                 Data::List(nodes)
             }
             ValueKind::Attrs(attrs) => {
-                let mut map = BTreeMap::new();
+                // Already in key order: collecting builds the map in bulk.
+                let mut entries = Vec::with_capacity(attrs.len());
                 for (name, slot) in attrs.iter() {
                     let v = self.force(slot.value)?;
                     let node = self.force_node(v, depth + 1)?;
-                    map.insert(
-                        name.to_string(),
-                        Attr {
-                            name_span: slot.name_span,
-                            value: node,
-                        },
-                    );
+                    let attr = Attr {
+                        name_span: slot.name_span,
+                        value: node,
+                    };
+                    entries.push((String::from(&**name), attr));
                 }
-                Data::Attrs(map)
+                Data::Attrs(entries.into_iter().collect::<BTreeMap<_, _>>())
             }
             ValueKind::Closure { .. } | ValueKind::Builtin { .. } => Data::Function,
         };

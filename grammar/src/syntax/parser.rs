@@ -418,8 +418,8 @@ pub(super) fn expr(i: Input) -> PResult<ExprId> {
         }
         let maybe_lambda = if word_len > 0 {
             let after = rest[word_len..].trim_ascii_start();
-            (after.first() == Some(&b':') && after.get(1) != Some(&b':'))
-                || after.first() == Some(&b'@')
+            // A comment before `:` or `@` is rare; let the real parser decide.
+            matches!(after.first(), Some(b':' | b'@' | b'#')) || after.starts_with(b"/*")
         } else {
             rest.first() == Some(&b'{') && looks_like_formals(&rest[1..])
         };
