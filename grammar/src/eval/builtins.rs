@@ -352,9 +352,15 @@ impl Machine<'_> {
             }
             Builtin::ToString => {
                 let v = self.force(arg(0))?;
-                let mut out = String::new();
+                if let ValueKind::Str(text) = &v.kind {
+                    return value(ValueKind::Str(text.clone()));
+                }
+                let mut out = std::mem::take(&mut self.scratch);
+                out.clear();
                 self.write_to_string(&v, &mut out, 0, span)?;
-                value(ValueKind::Str(out.into()))
+                let text: Rc<str> = Rc::from(out.as_str());
+                self.scratch = out;
+                value(ValueKind::Str(text))
             }
             Builtin::ToJson => {
                 let v = self.force(arg(0))?;

@@ -46,7 +46,7 @@ pub(crate) struct Machine<'s> {
     import_stack: Vec<PathBuf>,
     builtins_set: Option<Value>,
     /// Reused buffer for building strings.
-    scratch: String,
+    pub scratch: String,
 }
 
 fn internal(span: Span) -> Diagnostic {
@@ -458,7 +458,7 @@ impl<'s> Machine<'s> {
             Some(builtin) => Ok(Value {
                 kind: ValueKind::Builtin {
                     builtin,
-                    args: Rc::new([]),
+                    args: PartialArgs::default(),
                 },
                 span,
             }),
@@ -1028,7 +1028,7 @@ impl<'s> Machine<'s> {
                     return Ok(self.done(Value {
                         kind: ValueKind::Builtin {
                             builtin,
-                            args: Rc::new([]),
+                            args: PartialArgs::default(),
                         },
                         span,
                     }));
@@ -1132,19 +1132,20 @@ impl<'s> Machine<'s> {
         match function.kind {
             ValueKind::Closure { lambda, env } => self.call_closure(lambda, env, argument, span),
             ValueKind::Builtin { builtin, args } => {
-                // Builtins take at most three arguments: no allocation.
-                let mut all = [ThunkId(0); 3];
-                let count = (args.len() + 1).min(all.len());
-                all[..count - 1].copy_from_slice(&args[..count - 1]);
-                all[count - 1] = argument;
-                if count < builtin.arity() {
+                if args.len() + 1 < builtin.arity()
+                    && let Some(args) = args.push(argument)
+                {
                     return Ok(Value {
-                        kind: ValueKind::Builtin {
-                            builtin,
-                            args: all[..count].into(),
-                        },
+                        kind: ValueKind::Builtin { builtin, args },
                         span,
                     });
+                }
+                // Builtins take at most three arguments: no allocation.
+                let mut all = [ThunkId(0); 3];
+                let mut count = 0;
+                for (slot, thunk) in all.iter_mut().zip(args.iter().chain([argument])) {
+                    *slot = thunk;
+                    count += 1;
                 }
                 self.call_builtin(builtin, &all[..count], span)
             }
@@ -1327,7 +1328,7 @@ impl<'s> Machine<'s> {
             let value = self.done(Value {
                 kind: ValueKind::Builtin {
                     builtin: *builtin,
-                    args: Rc::new([]),
+                    args: PartialArgs::default(),
                 },
                 span,
             });
