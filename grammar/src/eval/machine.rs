@@ -1296,10 +1296,7 @@ impl<'s> Machine<'s> {
     ) -> EvalResult<()> {
         match &v.kind {
             ValueKind::Str(s) => out.push_str(s),
-            ValueKind::Int(n) => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "{n}");
-            }
+            ValueKind::Int(n) => push_int(out, *n),
             ValueKind::Path(p) => out.push_str(&p.to_string_lossy()),
             other => {
                 let mut diagnostic = error(
@@ -1494,6 +1491,28 @@ fn normalize_display(path: &Path) -> PathBuf {
     out
 }
 
+/// Appends the decimal form of `n` (without the formatting machinery,
+/// which is several times slower for this hot case).
+pub(crate) fn push_int(out: &mut String, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
+    }
+}
+
 /// Adds a file's bytes to `sources`, or explains where it is not UTF-8.
 pub(crate) fn load_text(
     sources: &mut SourceMap,
@@ -1513,6 +1532,20 @@ pub(crate) fn load_text(
                 Some(Span::new(file, offset, offset + 1)),
             )
             .with_help("kiln manifests must be UTF-8 text"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_int;
+
+    #[test]
+    fn integers_format_like_display() {
+        for n in [0, 7, -7, 10, 1234567890, i64::MAX, i64::MIN] {
+            let mut out = String::new();
+            push_int(&mut out, n);
+            assert_eq!(out, n.to_string());
         }
     }
 }
