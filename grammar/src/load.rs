@@ -69,8 +69,9 @@ impl Loaded {
 
 /// The front end a file goes through.
 pub fn format_of(path: &Path) -> Format {
-    match path.extension().and_then(|extension| extension.to_str()) {
-        Some("yml" | "yaml") => Format::Djinn,
+    let extension = path.extension().and_then(|extension| extension.to_str());
+    match extension {
+        Some(e) if e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml") => Format::Djinn,
         _ => Format::Kiln,
     }
 }
@@ -152,4 +153,19 @@ fn read_kiln(
     };
     let evaluated = crate::eval::eval_file(path, &eval_options, sources)?;
     Ok((evaluated.value, evaluated.files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_end_by_extension() {
+        for djinn in [".djinn.yml", "a/b.yaml", "CI.YML"] {
+            assert_eq!(format_of(Path::new(djinn)), Format::Djinn, "{djinn}");
+        }
+        for kiln in ["build.kiln", "build", "yml", "x.yml.kiln", "x.json"] {
+            assert_eq!(format_of(Path::new(kiln)), Format::Kiln, "{kiln}");
+        }
+    }
 }

@@ -412,6 +412,52 @@ mod properties {
         }
     }
 
+    /// The whole kiln pipeline (parse, evaluate, convert) on mutations of
+    /// the spec example.
+    fn load_kiln(text: &str) {
+        let mut sources = SourceMap::new();
+        let options = kiln_grammar::eval::EvalOptions {
+            max_steps: 100_000,
+            ..Default::default()
+        };
+        let name = Path::new("/m/build.kiln");
+        match kiln_grammar::eval::eval_str(name, text, &options, &mut sources) {
+            Ok(evaluated) => {
+                let converted =
+                    manifest::from_node(&evaluated.value, Format::Kiln, Path::new("/m"));
+                for diagnostic in &converted.diagnostics {
+                    assert!(diagnostic.span.is_some());
+                    diagnostic.render(&sources);
+                }
+            }
+            Err(diagnostic) => {
+                diagnostic.render(&sources);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn mutated_kiln_example(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, proptest::sample::select(&b"{}[]();=:.\"$'#/ a1?@,-+"[..])), 1..6),
+        ) {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ok/manifest/spec-example.kiln");
+            let mut bytes = std::fs::read(path).unwrap();
+            for (at, kind, byte) in edits {
+                let len = bytes.len();
+                match kind {
+                    0 => { let i = at.index(len + 1); bytes.insert(i, byte); }
+                    1 if len > 0 => { let i = at.index(len); bytes.remove(i); }
+                    _ if len > 0 => { let i = at.index(len); bytes[i] = byte; }
+                    _ => {}
+                }
+            }
+            load_kiln(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
     /// Deep nesting and huge documents end in an error, not a crash.
     #[test]
     fn deep_and_huge_yaml() {

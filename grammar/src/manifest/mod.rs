@@ -26,7 +26,7 @@ use serde::{Serialize, Serializer};
 use crate::source::Span;
 
 pub use convert::{Converted, from_node};
-pub use duration::{format_duration, parse_duration};
+pub use duration::{DurationError, format_duration, parse_duration};
 pub use paths::{LocalPath, normalize_job_name};
 
 /// Which front end a manifest came through; it decides Djinn's semantics
