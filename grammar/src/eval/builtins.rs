@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use super::machine::{EvalResult, MAX_VALUE_DEPTH, Machine, error};
+use super::machine::{BoxedDiagnostic, EvalResult, MAX_VALUE_DEPTH, Machine, error};
 use super::runtime::*;
 use crate::source::Span;
 use crate::syntax::Name;
@@ -426,14 +426,14 @@ impl Machine<'_> {
                 self.record_file(&path);
                 match super::hash::hash_path(&path) {
                     Ok(hex) => value(ValueKind::Str(hex.into())),
-                    Err(e) => Err(crate::diagnostic::Diagnostic::error(
+                    Err(e) => Err(Box::new(crate::diagnostic::Diagnostic::error(
                         crate::diagnostic::Phase::Io,
                         format!(
                             "`hashFile`: cannot read `{}`: {e}",
                             self.display_name(&path).display()
                         ),
                         Some(span),
-                    )),
+                    ))),
                 }
             }
         }
@@ -446,7 +446,7 @@ impl Machine<'_> {
         wanted: &str,
         found: &Value,
         span: Span,
-    ) -> crate::Diagnostic {
+    ) -> Box<crate::Diagnostic> {
         let ordinal = if builtin.arity() == 1 {
             "its argument".to_string()
         } else {

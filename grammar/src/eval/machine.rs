@@ -23,7 +23,33 @@ pub(crate) const MAX_STRING: usize = 64 << 20;
 /// Self-referential values (`let x = [ x ]; in x`) hit this.
 pub(crate) const MAX_VALUE_DEPTH: usize = 1000;
 
-pub(crate) type EvalResult<T> = Result<T, Diagnostic>;
+/// Errors are boxed: evaluation returns results through every level of
+/// recursion, and a small `Result` keeps that cheap.
+pub(crate) type EvalResult<T> = Result<T, Box<Diagnostic>>;
+
+/// The builder methods of [`Diagnostic`], on a boxed one.
+pub(crate) trait BoxedDiagnostic {
+    fn with_label(self, label: impl Into<String>) -> Self;
+    fn with_help(self, help: impl Into<String>) -> Self;
+    fn with_related(self, span: Span, note: impl Into<String>) -> Self;
+}
+
+impl BoxedDiagnostic for Box<Diagnostic> {
+    fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    fn with_related(mut self, span: Span, note: impl Into<String>) -> Self {
+        self.related.push((span, note.into()));
+        self
+    }
+}
 
 pub(crate) struct Machine<'s> {
     pub ast: Ast,
@@ -49,12 +75,12 @@ pub(crate) struct Machine<'s> {
     pub scratch: String,
 }
 
-fn internal(span: Span) -> Diagnostic {
+fn internal(span: Span) -> Box<Diagnostic> {
     error(span, "internal error: unexpected expression")
 }
 
-pub(crate) fn error(span: Span, message: impl Into<String>) -> Diagnostic {
-    Diagnostic::error(Phase::Eval, message, Some(span))
+pub(crate) fn error(span: Span, message: impl Into<String>) -> Box<Diagnostic> {
+    Box::new(Diagnostic::error(Phase::Eval, message, Some(span)))
 }
 
 impl<'s> Machine<'s> {
@@ -1254,7 +1280,7 @@ impl<'s> Machine<'s> {
     // -----------------------------------------------------------------------
     // Errors and helpers
 
-    fn undefined_variable(&self, name: &str, env: EnvId, span: Span) -> Diagnostic {
+    fn undefined_variable(&self, name: &str, env: EnvId, span: Span) -> Box<Diagnostic> {
         let names = self.visible_names(env);
         let mut diagnostic = error(span, format!("undefined variable `{name}`"));
         if let Some(s) = super::suggest::did_you_mean(name, names.iter().map(String::as_str)) {
@@ -1263,7 +1289,7 @@ impl<'s> Machine<'s> {
         diagnostic
     }
 
-    pub fn missing_attribute(&self, name: &str, set: &Value, span: Span) -> Diagnostic {
+    pub fn missing_attribute(&self, name: &str, set: &Value, span: Span) -> Box<Diagnostic> {
         let mut diagnostic = error(span, format!("attribute `{name}` missing"));
         if let ValueKind::Attrs(attrs) = &set.kind {
             if let Some(s) = super::suggest::did_you_mean(name, attrs.keys().map(|k| &**k)) {
@@ -1526,12 +1552,14 @@ pub(crate) fn load_text(
             let offset = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
             let file = sources.add_named(path, &display.display().to_string(), text);
-            Err(Diagnostic::error(
-                Phase::Syntax,
-                format!("the file is not valid UTF-8 (invalid byte at offset {offset})"),
-                Some(Span::new(file, offset, offset + 1)),
-            )
-            .with_help("kiln manifests must be UTF-8 text"))
+            Err(Box::new(
+                Diagnostic::error(
+                    Phase::Syntax,
+                    format!("the file is not valid UTF-8 (invalid byte at offset {offset})"),
+                    Some(Span::new(file, offset, offset + 1)),
+                )
+                .with_help("kiln manifests must be UTF-8 text"),
+            ))
         }
     }
 }
