@@ -232,22 +232,26 @@ impl<'s> Machine<'s> {
     // -----------------------------------------------------------------------
     // Budget
 
+    #[inline]
     fn tick(&mut self, span: Span) -> EvalResult<()> {
         self.steps += 1;
         if self.steps > self.options.max_steps {
-            return Err(error(
-                span,
-                format!(
-                    "evaluation exceeded its budget of {} steps",
-                    self.options.max_steps
-                ),
-            )
-            .with_label("evaluating this when the budget ran out")
-            .with_help(
-                "is there runaway recursion? (a larger budget is an `EvalOptions` setting)",
-            ));
+            return Err(self.budget_exhausted(span));
         }
         Ok(())
+    }
+
+    #[cold]
+    fn budget_exhausted(&self, span: Span) -> Box<Diagnostic> {
+        error(
+            span,
+            format!(
+                "evaluation exceeded its budget of {} steps",
+                self.options.max_steps
+            ),
+        )
+        .with_label("evaluating this when the budget ran out")
+        .with_help("is there runaway recursion? (a larger budget is an `EvalOptions` setting)")
     }
 
     /// Charges `n` steps at once (list and string building).
@@ -256,21 +260,26 @@ impl<'s> Machine<'s> {
         self.tick(span)
     }
 
+    #[inline]
     fn enter(&mut self, span: Span) -> EvalResult<()> {
         self.depth += 1;
-
         if self.depth > self.options.max_depth {
-            return Err(error(
-                span,
-                format!(
-                    "evaluation nested too deeply (more than {} levels)",
-                    self.options.max_depth
-                ),
-            )
-            .with_label("while evaluating this")
-            .with_help("this is usually infinite or very deep recursion"));
+            return Err(self.too_deep(span));
         }
         Ok(())
+    }
+
+    #[cold]
+    fn too_deep(&self, span: Span) -> Box<Diagnostic> {
+        error(
+            span,
+            format!(
+                "evaluation nested too deeply (more than {} levels)",
+                self.options.max_depth
+            ),
+        )
+        .with_label("while evaluating this")
+        .with_help("this is usually infinite or very deep recursion")
     }
 
     // -----------------------------------------------------------------------
@@ -1018,7 +1027,7 @@ impl<'s> Machine<'s> {
                 }),
                 BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
                 BindingPlan::From(source) => {
-                    let source = self.shared_source(&mut sources, source, new_env);
+                    let source = self.shared_source(&mut sources, source, new_env, false);
                     self.alloc_thunk(Thunk::Select {
                         source,
                         name,
@@ -1037,11 +1046,17 @@ impl<'s> Machine<'s> {
         sources: &mut Vec<(ExprId, ThunkId)>,
         expr: ExprId,
         env: EnvId,
+        env_complete: bool,
     ) -> ThunkId {
         if let Some(&(_, thunk)) = sources.iter().find(|(e, _)| *e == expr) {
             return thunk;
         }
-        let thunk = self.thunk_for(expr, env);
+        // In a scope still being filled, names must be looked up lazily.
+        let thunk = if env_complete {
+            self.thunk_for(expr, env)
+        } else {
+            self.alloc_thunk(Thunk::Expr { expr, env })
+        };
         sources.push((expr, thunk));
         thunk
     }
@@ -1104,7 +1119,7 @@ impl<'s> Machine<'s> {
                 BindingPlan::Expr(e) => self.thunk_for(e, env),
                 BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
                 BindingPlan::From(source) => {
-                    let source = self.shared_source(&mut sources, source, env);
+                    let source = self.shared_source(&mut sources, source, env, true);
                     self.alloc_thunk(Thunk::Select {
                         source,
                         name: name.clone(),
@@ -1259,7 +1274,12 @@ impl<'s> Machine<'s> {
         for (name, default) in list {
             let thunk = match (attrs.get(&name), default) {
                 (Some(slot), _) => slot.value,
-                (None, Some(default)) => self.thunk_for(default, new_env),
+                // The scope is still being filled: no shortcut through
+                // `thunk_for`, which would look names up in it too early.
+                (None, Some(default)) => self.alloc_thunk(Thunk::Expr {
+                    expr: default,
+                    env: new_env,
+                }),
                 (None, None) => {
                     return Err(error(
                         span,
