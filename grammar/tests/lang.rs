@@ -89,3 +89,64 @@ fn err_cases_fail_with_the_expected_diagnostic() {
         expect_file![case.with_extension("txt")].assert_eq(&actual);
     }
 }
+
+#[test]
+fn evaluated_files_list_the_manifest_imports_and_paths() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ok/lang");
+    let mut sources = SourceMap::new();
+    let evaluated = eval_file(
+        &dir.join("import.kiln"),
+        &EvalOptions::default(),
+        &mut sources,
+    )
+    .unwrap_or_else(|d| panic!("{}", d.render(&sources)));
+    let relative: Vec<String> = evaluated
+        .files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(&dir)
+                .expect("files are absolute, under the test directory")
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        relative,
+        // In order of first use: attributes are forced in key order, so
+        // `directory` (importing ./lib) comes before `greeting`.
+        [
+            "import.kiln",
+            "lib",
+            "lib/default.kiln",
+            "lib/helper.kiln",
+            "lib/data.kiln",
+        ]
+    );
+    let mut sources = SourceMap::new();
+    let evaluated = eval_file(
+        &dir.join("builtins_misc.kiln"),
+        &EvalOptions::default(),
+        &mut sources,
+    )
+    .unwrap_or_else(|d| panic!("{}", d.render(&sources)));
+    assert!(
+        evaluated
+            .files
+            .iter()
+            .any(|f| f.ends_with("data/hello.txt"))
+    );
+    assert!(evaluated.files.iter().any(|f| f.ends_with("data/dir")));
+}
+
+#[test]
+fn a_missing_manifest_is_an_io_error() {
+    let mut sources = SourceMap::new();
+    let error = eval_file(
+        Path::new("does/not/exist.kiln"),
+        &EvalOptions::default(),
+        &mut sources,
+    )
+    .expect_err("missing file");
+    assert_eq!(error.phase, kiln_grammar::Phase::Io);
+    assert!(error.render(&sources).contains("does/not/exist.kiln"));
+}

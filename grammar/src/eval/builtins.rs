@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use super::machine::{EvalResult, MAX_VALUE_DEPTH, Machine, error};
+use super::machine::{BoxedDiagnostic, EvalResult, MAX_VALUE_DEPTH, Machine, error};
 use super::runtime::*;
 use crate::source::Span;
 use crate::syntax::Name;
@@ -352,9 +352,15 @@ impl Machine<'_> {
             }
             Builtin::ToString => {
                 let v = self.force(arg(0))?;
-                let mut out = String::new();
+                if let ValueKind::Str(text) = &v.kind {
+                    return value(ValueKind::Str(text.clone()));
+                }
+                let mut out = std::mem::take(&mut self.scratch);
+                out.clear();
                 self.write_to_string(&v, &mut out, 0, span)?;
-                value(ValueKind::Str(out.into()))
+                let text: Rc<str> = Rc::from(out.as_str());
+                self.scratch = out;
+                value(ValueKind::Str(text))
             }
             Builtin::ToJson => {
                 let v = self.force(arg(0))?;
@@ -420,14 +426,14 @@ impl Machine<'_> {
                 self.record_file(&path);
                 match super::hash::hash_path(&path) {
                     Ok(hex) => value(ValueKind::Str(hex.into())),
-                    Err(e) => Err(crate::diagnostic::Diagnostic::error(
+                    Err(e) => Err(Box::new(crate::diagnostic::Diagnostic::error(
                         crate::diagnostic::Phase::Io,
                         format!(
                             "`hashFile`: cannot read `{}`: {e}",
                             self.display_name(&path).display()
                         ),
                         Some(span),
-                    )),
+                    ))),
                 }
             }
         }
@@ -440,7 +446,7 @@ impl Machine<'_> {
         wanted: &str,
         found: &Value,
         span: Span,
-    ) -> crate::Diagnostic {
+    ) -> Box<crate::Diagnostic> {
         let ordinal = if builtin.arity() == 1 {
             "its argument".to_string()
         } else {
@@ -585,7 +591,7 @@ impl Machine<'_> {
             ValueKind::Null => serde_json::Value::Null,
             ValueKind::Bool(b) => serde_json::Value::Bool(b),
             ValueKind::Int(n) => serde_json::Value::from(n),
-            ValueKind::Str(s) => serde_json::Value::String(s.to_string()),
+            ValueKind::Str(s) => serde_json::Value::String(String::from(&*s)),
             ValueKind::Path(p) => serde_json::Value::String(p.to_string_lossy().into_owned()),
             ValueKind::List(items) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -599,7 +605,7 @@ impl Machine<'_> {
                 let mut out = serde_json::Map::new();
                 for (name, slot) in attrs.iter() {
                     let item = self.force(slot.value)?;
-                    out.insert(name.to_string(), self.json_of(item, depth + 1, span)?);
+                    out.insert(String::from(&**name), self.json_of(item, depth + 1, span)?);
                 }
                 serde_json::Value::Object(out)
             }

@@ -23,7 +23,33 @@ pub(crate) const MAX_STRING: usize = 64 << 20;
 /// Self-referential values (`let x = [ x ]; in x`) hit this.
 pub(crate) const MAX_VALUE_DEPTH: usize = 1000;
 
-pub(crate) type EvalResult<T> = Result<T, Diagnostic>;
+/// Errors are boxed: evaluation returns results through every level of
+/// recursion, and a small `Result` keeps that cheap.
+pub(crate) type EvalResult<T> = Result<T, Box<Diagnostic>>;
+
+/// The builder methods of [`Diagnostic`], on a boxed one.
+pub(crate) trait BoxedDiagnostic {
+    fn with_label(self, label: impl Into<String>) -> Self;
+    fn with_help(self, help: impl Into<String>) -> Self;
+    fn with_related(self, span: Span, note: impl Into<String>) -> Self;
+}
+
+impl BoxedDiagnostic for Box<Diagnostic> {
+    fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    fn with_related(mut self, span: Span, note: impl Into<String>) -> Self {
+        self.related.push((span, note.into()));
+        self
+    }
+}
 
 pub(crate) struct Machine<'s> {
     pub ast: Ast,
@@ -45,14 +71,16 @@ pub(crate) struct Machine<'s> {
     imports: HashMap<PathBuf, Value>,
     import_stack: Vec<PathBuf>,
     builtins_set: Option<Value>,
+    /// Reused buffer for building strings.
+    pub scratch: String,
 }
 
-fn internal(span: Span) -> Diagnostic {
+fn internal(span: Span) -> Box<Diagnostic> {
     error(span, "internal error: unexpected expression")
 }
 
-pub(crate) fn error(span: Span, message: impl Into<String>) -> Diagnostic {
-    Diagnostic::error(Phase::Eval, message, Some(span))
+pub(crate) fn error(span: Span, message: impl Into<String>) -> Box<Diagnostic> {
+    Box::new(Diagnostic::error(Phase::Eval, message, Some(span)))
 }
 
 impl<'s> Machine<'s> {
@@ -64,7 +92,7 @@ impl<'s> Machine<'s> {
     ) -> Machine<'s> {
         Machine {
             ast: Ast::new(),
-            thunks: Vec::new(),
+            thunks: Vec::with_capacity(1 << 12),
             // EnvId(0): the top scope; lookups falling through it reach the builtins.
             envs: vec![Scope {
                 binder: None,
@@ -83,6 +111,7 @@ impl<'s> Machine<'s> {
             imports: HashMap::new(),
             import_stack: Vec::new(),
             builtins_set: None,
+            scratch: String::new(),
         }
     }
 
@@ -203,22 +232,26 @@ impl<'s> Machine<'s> {
     // -----------------------------------------------------------------------
     // Budget
 
+    #[inline]
     fn tick(&mut self, span: Span) -> EvalResult<()> {
         self.steps += 1;
         if self.steps > self.options.max_steps {
-            return Err(error(
-                span,
-                format!(
-                    "evaluation exceeded its budget of {} steps",
-                    self.options.max_steps
-                ),
-            )
-            .with_label("evaluating this when the budget ran out")
-            .with_help(
-                "is there runaway recursion? (a larger budget is an `EvalOptions` setting)",
-            ));
+            return Err(self.budget_exhausted(span));
         }
         Ok(())
+    }
+
+    #[cold]
+    fn budget_exhausted(&self, span: Span) -> Box<Diagnostic> {
+        error(
+            span,
+            format!(
+                "evaluation exceeded its budget of {} steps",
+                self.options.max_steps
+            ),
+        )
+        .with_label("evaluating this when the budget ran out")
+        .with_help("is there runaway recursion? (a larger budget is an `EvalOptions` setting)")
     }
 
     /// Charges `n` steps at once (list and string building).
@@ -227,21 +260,26 @@ impl<'s> Machine<'s> {
         self.tick(span)
     }
 
+    #[inline]
     fn enter(&mut self, span: Span) -> EvalResult<()> {
         self.depth += 1;
-
         if self.depth > self.options.max_depth {
-            return Err(error(
-                span,
-                format!(
-                    "evaluation nested too deeply (more than {} levels)",
-                    self.options.max_depth
-                ),
-            )
-            .with_label("while evaluating this")
-            .with_help("this is usually infinite or very deep recursion"));
+            return Err(self.too_deep(span));
         }
         Ok(())
+    }
+
+    #[cold]
+    fn too_deep(&self, span: Span) -> Box<Diagnostic> {
+        error(
+            span,
+            format!(
+                "evaluation nested too deeply (more than {} levels)",
+                self.options.max_depth
+            ),
+        )
+        .with_label("while evaluating this")
+        .with_help("this is usually infinite or very deep recursion")
     }
 
     // -----------------------------------------------------------------------
@@ -394,7 +432,10 @@ impl<'s> Machine<'s> {
                 StrPart::Interpolation(_) => 16,
             })
             .sum();
-        let mut out = String::with_capacity(literal_len);
+        // Built in a reused buffer, then copied once into its `Rc<str>`.
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        out.reserve(literal_len);
         for index in 0..count {
             // Re-borrow the tree each time: evaluating an interpolation may
             // import files, which grows it.
@@ -416,8 +457,10 @@ impl<'s> Machine<'s> {
             }
             self.check_string_len(out.len(), span)?;
         }
+        let text: Rc<str> = Rc::from(out.as_str());
+        self.scratch = out;
         Ok(Value {
-            kind: ValueKind::Str(out.into()),
+            kind: ValueKind::Str(text),
             span,
         })
     }
@@ -450,7 +493,7 @@ impl<'s> Machine<'s> {
             Some(builtin) => Ok(Value {
                 kind: ValueKind::Builtin {
                     builtin,
-                    args: Rc::new([]),
+                    args: PartialArgs::default(),
                 },
                 span,
             }),
@@ -984,7 +1027,7 @@ impl<'s> Machine<'s> {
                 }),
                 BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
                 BindingPlan::From(source) => {
-                    let source = self.shared_source(&mut sources, source, new_env);
+                    let source = self.shared_source(&mut sources, source, new_env, false);
                     self.alloc_thunk(Thunk::Select {
                         source,
                         name,
@@ -1003,11 +1046,17 @@ impl<'s> Machine<'s> {
         sources: &mut Vec<(ExprId, ThunkId)>,
         expr: ExprId,
         env: EnvId,
+        env_complete: bool,
     ) -> ThunkId {
         if let Some(&(_, thunk)) = sources.iter().find(|(e, _)| *e == expr) {
             return thunk;
         }
-        let thunk = self.thunk_for(expr, env);
+        // In a scope still being filled, names must be looked up lazily.
+        let thunk = if env_complete {
+            self.thunk_for(expr, env)
+        } else {
+            self.alloc_thunk(Thunk::Expr { expr, env })
+        };
         sources.push((expr, thunk));
         thunk
     }
@@ -1020,7 +1069,7 @@ impl<'s> Machine<'s> {
                     return Ok(self.done(Value {
                         kind: ValueKind::Builtin {
                             builtin,
-                            args: Rc::new([]),
+                            args: PartialArgs::default(),
                         },
                         span,
                     }));
@@ -1070,7 +1119,7 @@ impl<'s> Machine<'s> {
                 BindingPlan::Expr(e) => self.thunk_for(e, env),
                 BindingPlan::Inherit => self.inherit_var(&name, name_span, env)?,
                 BindingPlan::From(source) => {
-                    let source = self.shared_source(&mut sources, source, env);
+                    let source = self.shared_source(&mut sources, source, env, true);
                     self.alloc_thunk(Thunk::Select {
                         source,
                         name: name.clone(),
@@ -1124,19 +1173,20 @@ impl<'s> Machine<'s> {
         match function.kind {
             ValueKind::Closure { lambda, env } => self.call_closure(lambda, env, argument, span),
             ValueKind::Builtin { builtin, args } => {
-                // Builtins take at most three arguments: no allocation.
-                let mut all = [ThunkId(0); 3];
-                let count = (args.len() + 1).min(all.len());
-                all[..count - 1].copy_from_slice(&args[..count - 1]);
-                all[count - 1] = argument;
-                if count < builtin.arity() {
+                if args.len() + 1 < builtin.arity()
+                    && let Some(args) = args.push(argument)
+                {
                     return Ok(Value {
-                        kind: ValueKind::Builtin {
-                            builtin,
-                            args: all[..count].into(),
-                        },
+                        kind: ValueKind::Builtin { builtin, args },
                         span,
                     });
+                }
+                // Builtins take at most three arguments: no allocation.
+                let mut all = [ThunkId(0); 3];
+                let mut count = 0;
+                for (slot, thunk) in all.iter_mut().zip(args.iter().chain([argument])) {
+                    *slot = thunk;
+                    count += 1;
                 }
                 self.call_builtin(builtin, &all[..count], span)
             }
@@ -1224,7 +1274,12 @@ impl<'s> Machine<'s> {
         for (name, default) in list {
             let thunk = match (attrs.get(&name), default) {
                 (Some(slot), _) => slot.value,
-                (None, Some(default)) => self.thunk_for(default, new_env),
+                // The scope is still being filled: no shortcut through
+                // `thunk_for`, which would look names up in it too early.
+                (None, Some(default)) => self.alloc_thunk(Thunk::Expr {
+                    expr: default,
+                    env: new_env,
+                }),
                 (None, None) => {
                     return Err(error(
                         span,
@@ -1245,7 +1300,7 @@ impl<'s> Machine<'s> {
     // -----------------------------------------------------------------------
     // Errors and helpers
 
-    fn undefined_variable(&self, name: &str, env: EnvId, span: Span) -> Diagnostic {
+    fn undefined_variable(&self, name: &str, env: EnvId, span: Span) -> Box<Diagnostic> {
         let names = self.visible_names(env);
         let mut diagnostic = error(span, format!("undefined variable `{name}`"));
         if let Some(s) = super::suggest::did_you_mean(name, names.iter().map(String::as_str)) {
@@ -1254,7 +1309,7 @@ impl<'s> Machine<'s> {
         diagnostic
     }
 
-    pub fn missing_attribute(&self, name: &str, set: &Value, span: Span) -> Diagnostic {
+    pub fn missing_attribute(&self, name: &str, set: &Value, span: Span) -> Box<Diagnostic> {
         let mut diagnostic = error(span, format!("attribute `{name}` missing"));
         if let ValueKind::Attrs(attrs) = &set.kind {
             if let Some(s) = super::suggest::did_you_mean(name, attrs.keys().map(|k| &**k)) {
@@ -1287,7 +1342,7 @@ impl<'s> Machine<'s> {
     ) -> EvalResult<()> {
         match &v.kind {
             ValueKind::Str(s) => out.push_str(s),
-            ValueKind::Int(n) => out.push_str(&n.to_string()),
+            ValueKind::Int(n) => push_int(out, *n),
             ValueKind::Path(p) => out.push_str(&p.to_string_lossy()),
             other => {
                 let mut diagnostic = error(
@@ -1316,7 +1371,7 @@ impl<'s> Machine<'s> {
             let value = self.done(Value {
                 kind: ValueKind::Builtin {
                     builtin: *builtin,
-                    args: Rc::new([]),
+                    args: PartialArgs::default(),
                 },
                 span,
             });
@@ -1403,7 +1458,7 @@ impl<'s> Machine<'s> {
             ValueKind::Null => Data::Null,
             ValueKind::Bool(b) => Data::Bool(b),
             ValueKind::Int(n) => Data::Int(n),
-            ValueKind::Str(s) => Data::Str(s.to_string()),
+            ValueKind::Str(s) => Data::Str(String::from(&*s)),
             ValueKind::Path(p) => Data::Path(p.to_path_buf()),
             ValueKind::List(items) => {
                 let mut nodes = Vec::with_capacity(items.len());
@@ -1414,19 +1469,18 @@ impl<'s> Machine<'s> {
                 Data::List(nodes)
             }
             ValueKind::Attrs(attrs) => {
-                let mut map = BTreeMap::new();
+                // Already in key order: collecting builds the map in bulk.
+                let mut entries = Vec::with_capacity(attrs.len());
                 for (name, slot) in attrs.iter() {
                     let v = self.force(slot.value)?;
                     let node = self.force_node(v, depth + 1)?;
-                    map.insert(
-                        name.to_string(),
-                        Attr {
-                            name_span: slot.name_span,
-                            value: node,
-                        },
-                    );
+                    let attr = Attr {
+                        name_span: slot.name_span,
+                        value: node,
+                    };
+                    entries.push((String::from(&**name), attr));
                 }
-                Data::Attrs(map)
+                Data::Attrs(entries.into_iter().collect::<BTreeMap<_, _>>())
             }
             ValueKind::Closure { .. } | ValueKind::Builtin { .. } => Data::Function,
         };
@@ -1483,6 +1537,28 @@ fn normalize_display(path: &Path) -> PathBuf {
     out
 }
 
+/// Appends the decimal form of `n` (without the formatting machinery,
+/// which is several times slower for this hot case).
+pub(crate) fn push_int(out: &mut String, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
+    }
+}
+
 /// Adds a file's bytes to `sources`, or explains where it is not UTF-8.
 pub(crate) fn load_text(
     sources: &mut SourceMap,
@@ -1496,12 +1572,28 @@ pub(crate) fn load_text(
             let offset = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
             let file = sources.add_named(path, &display.display().to_string(), text);
-            Err(Diagnostic::error(
-                Phase::Syntax,
-                format!("the file is not valid UTF-8 (invalid byte at offset {offset})"),
-                Some(Span::new(file, offset, offset + 1)),
-            )
-            .with_help("kiln manifests must be UTF-8 text"))
+            Err(Box::new(
+                Diagnostic::error(
+                    Phase::Syntax,
+                    format!("the file is not valid UTF-8 (invalid byte at offset {offset})"),
+                    Some(Span::new(file, offset, offset + 1)),
+                )
+                .with_help("kiln manifests must be UTF-8 text"),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_int;
+
+    #[test]
+    fn integers_format_like_display() {
+        for n in [0, 7, -7, 10, 1234567890, i64::MAX, i64::MIN] {
+            let mut out = String::new();
+            push_int(&mut out, n);
+            assert_eq!(out, n.to_string());
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::diagnostic::{Diagnostic, Phase};
 use crate::source::{SourceMap, Span};
 use crate::syntax::{ExprKind, PARSER_STACK, Param};
 use crate::value::Node;
-use machine::{EvalResult, Machine, error};
+use machine::{BoxedDiagnostic, EvalResult, Machine, error};
 use runtime::{AttrMap, AttrSlot, Value, ValueKind};
 
 pub use hash::hash_path;
@@ -138,14 +138,17 @@ fn evaluate(
     let root_dir = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
     let display_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut machine = Machine::new(sources, options, root_dir, display_dir);
-    let file = machine::load_text(machine.sources, &absolute, path, bytes)?;
-    let root = machine.eval_loaded_file(file, &absolute)?;
-    let root = call_with_arguments(&mut machine, root, &options.args)?;
-    let value = machine.force_node(root, 0)?;
-    Ok(Evaluated {
-        value,
-        files: std::mem::take(&mut machine.files),
-    })
+    let result = (|| -> EvalResult<Evaluated> {
+        let file = machine::load_text(machine.sources, &absolute, path, bytes)?;
+        let root = machine.eval_loaded_file(file, &absolute)?;
+        let root = call_with_arguments(&mut machine, root, &options.args)?;
+        let value = machine.force_node(root, 0)?;
+        Ok(Evaluated {
+            value,
+            files: std::mem::take(&mut machine.files),
+        })
+    })();
+    result.map_err(|boxed| *boxed)
 }
 
 /// A manifest that is a function is called with the `--arg` set.

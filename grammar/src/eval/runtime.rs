@@ -42,8 +42,35 @@ pub(crate) enum ValueKind {
     /// A builtin with the arguments it has been applied to so far.
     Builtin {
         builtin: Builtin,
-        args: Rc<[ThunkId]>,
+        args: PartialArgs,
     },
+}
+
+/// The arguments of a partially applied builtin, kept inline: builtins
+/// take at most three, so at most two are ever waiting.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PartialArgs {
+    len: u8,
+    items: [Option<ThunkId>; 2],
+}
+
+impl PartialArgs {
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = ThunkId> + '_ {
+        self.items.iter().take(self.len()).flatten().copied()
+    }
+
+    /// These arguments plus one more; `None` past two.
+    pub fn push(self, argument: ThunkId) -> Option<PartialArgs> {
+        let mut next = self;
+        let slot = next.items.get_mut(self.len())?;
+        *slot = Some(argument);
+        next.len += 1;
+        Some(next)
+    }
 }
 
 pub(crate) type AttrMap = BTreeMap<Name, AttrSlot>;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::SyntaxError;
 use super::ast::*;
-use super::parser::{BindingContext, Input};
+use super::parser::{BindingContext, Input, PError};
 use crate::source::Span;
 
 pub(super) struct BindingsBuilder {
@@ -28,9 +28,9 @@ enum Definition {
     Nested(Box<BindingsBuilder>, Span),
 }
 
-type Result<T> = std::result::Result<T, nom::Err<SyntaxError>>;
+type Result<T> = std::result::Result<T, nom::Err<PError>>;
 
-fn duplicate(name: &str, span: Span, first: Span) -> nom::Err<SyntaxError> {
+fn duplicate(name: &str, span: Span, first: Span) -> nom::Err<PError> {
     let mut error = SyntaxError::new(
         span.start as usize,
         format!("attribute `{name}` is already defined"),
@@ -39,7 +39,7 @@ fn duplicate(name: &str, span: Span, first: Span) -> nom::Err<SyntaxError> {
     error
         .related
         .push((first, "first defined here".to_string()));
-    nom::Err::Failure(error)
+    nom::Err::Failure(error.into())
 }
 
 impl BindingsBuilder {
@@ -53,12 +53,24 @@ impl BindingsBuilder {
     }
 
     fn find(&mut self, name: &str) -> Option<&mut Entry> {
+        if self.index.is_empty() {
+            return self.entries.iter_mut().find(|e| &*e.name == name);
+        }
         let index = *self.index.get(name)?;
         self.entries.get_mut(index)
     }
 
+    /// Small sets are searched linearly; an index is built once a set grows.
     fn push(&mut self, entry: Entry) {
-        self.index.insert(entry.name.clone(), self.entries.len());
+        const INDEX_FROM: usize = 16;
+        if self.entries.len() == INDEX_FROM {
+            for (n, e) in self.entries.iter().enumerate() {
+                self.index.insert(e.name.clone(), n);
+            }
+        }
+        if self.entries.len() >= INDEX_FROM {
+            self.index.insert(entry.name.clone(), self.entries.len());
+        }
         self.entries.push(entry);
     }
 
@@ -123,7 +135,7 @@ impl BindingsBuilder {
                     error.len = (span.end - span.start) as usize;
                     error.help =
                         Some("use a plain (non-`rec`) attribute set, or `listToAttrs`".to_string());
-                    return Err(nom::Err::Failure(error));
+                    return Err(nom::Err::Failure(error.into()));
                 }
                 let value = if rest.is_empty() {
                     value

@@ -24,28 +24,48 @@ pub(super) struct State<'a> {
     pub ast: RefCell<&'a mut Ast>,
     depth: Cell<usize>,
     names: RefCell<HashSet<Name>>,
+    /// The last whitespace run skipped: (offset, length). Several rules look
+    /// past the same whitespace in turn; this scans it once.
+    last_ws: Cell<(usize, usize)>,
 }
 
 pub(super) type Input<'a> = LocatedSpan<&'a str, &'a State<'a>>;
-pub(super) type PResult<'a, T> = IResult<Input<'a>, T, SyntaxError>;
+pub(super) type PResult<'a, T> = IResult<Input<'a>, T, PError>;
 
-impl<'a> ParseError<Input<'a>> for SyntaxError {
-    fn from_error_kind(input: Input<'a>, kind: ErrorKind) -> SyntaxError {
-        SyntaxError::new(
-            input.location_offset(),
-            format!("unexpected input ({})", kind.description()),
-        )
+/// The parser's error type: empty while backtracking (which is frequent and
+/// must cost nothing), the boxed [`SyntaxError`] once committed.
+#[derive(Debug)]
+pub(super) struct PError(Option<Box<SyntaxError>>);
+
+impl From<SyntaxError> for PError {
+    fn from(error: SyntaxError) -> PError {
+        PError(Some(Box::new(error)))
+    }
+}
+
+impl PError {
+    pub(super) fn into_inner(self) -> SyntaxError {
+        match self.0 {
+            Some(error) => *error,
+            None => SyntaxError::new(0, "syntax error"),
+        }
+    }
+}
+
+impl<'a> ParseError<Input<'a>> for PError {
+    fn from_error_kind(_: Input<'a>, _: ErrorKind) -> PError {
+        PError(None)
     }
 
-    fn append(_: Input<'a>, _: ErrorKind, other: SyntaxError) -> SyntaxError {
+    fn append(_: Input<'a>, _: ErrorKind, other: PError) -> PError {
         other
     }
 
-    fn or(self, other: SyntaxError) -> SyntaxError {
-        if other.offset >= self.offset {
-            other
-        } else {
-            self
+    fn or(self, other: PError) -> PError {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) if a.offset > b.offset => self,
+            (Some(_), None) => self,
+            _ => other,
         }
     }
 }
@@ -58,6 +78,7 @@ pub(super) fn parse_file(file: FileId, text: &str, ast: &mut Ast) -> Result<Expr
         ast: RefCell::new(ast),
         depth: Cell::new(0),
         names: RefCell::new(HashSet::new()),
+        last_ws: Cell::new((usize::MAX, 0)),
     };
     let input = Input::new_extra(text, &state);
     let result = (|| -> PResult<'_, ExprId> {
@@ -70,7 +91,8 @@ pub(super) fn parse_file(file: FileId, text: &str, ast: &mut Ast) -> Result<Expr
     })();
     match result {
         Ok((_, root)) => Ok(root),
-        Err(nom::Err::Error(mut e) | nom::Err::Failure(mut e)) => {
+        Err(nom::Err::Error(e) | nom::Err::Failure(e)) => {
+            let mut e = e.into_inner();
             // An error at the end of the file is shown right after the last
             // token (the line the user has to fix), not on a line of its own.
             let content_end = text.trim_end().len();
@@ -121,16 +143,17 @@ fn advance<'a>(i: Input<'a>, n: usize) -> Input<'a> {
 
 fn not_this<T>(i: Input) -> PResult<T> {
     // No message: backtracking is frequent and must not allocate.
-    Err(nom::Err::Error(SyntaxError::new(offset(&i), String::new())))
+    let _ = i;
+    Err(nom::Err::Error(PError(None)))
 }
 
 /// A committed error at `i`, labelled with what is actually there.
-fn unexpected(i: Input, message: impl Into<String>) -> nom::Err<SyntaxError> {
+fn unexpected(i: Input, message: impl Into<String>) -> nom::Err<PError> {
     let (found, len) = describe_next(i.fragment());
     let mut error = SyntaxError::new(offset(&i), message);
     error.len = len;
     error.label = Some(format!("found {found}"));
-    nom::Err::Failure(error)
+    nom::Err::Failure(error.into())
 }
 
 /// How the upcoming token is shown in "found ..." labels.
@@ -165,7 +188,7 @@ fn nested<'a, T>(i: Input<'a>, f: impl FnOnce(Input<'a>) -> PResult<'a, T>) -> P
             format!("expression nested too deeply (more than {MAX_NESTING} levels)"),
         );
         error.help = Some("split the expression with `let` bindings".to_string());
-        return Err(nom::Err::Failure(error));
+        return Err(nom::Err::Failure(error.into()));
     }
     i.extra.depth.set(depth);
     let result = f(i);
@@ -192,6 +215,18 @@ fn is_keyword(word: &str) -> bool {
 /// Skips whitespace and comments.
 pub(super) fn ws(i: Input) -> PResult<()> {
     let bytes = i.fragment().as_bytes();
+    // Every token boundary calls this many times: leave at once when there
+    // is nothing to skip.
+    if !matches!(
+        bytes.first(),
+        Some(b' ' | b'\t' | b'\n' | b'\r' | b'#' | b'/')
+    ) {
+        return Ok((i, ()));
+    }
+    let (cached_at, cached_len) = i.extra.last_ws.get();
+    if cached_at == offset(&i) {
+        return Ok((advance(i, cached_len), ()));
+    }
     let mut n = 0;
     loop {
         match bytes.get(n) {
@@ -208,13 +243,14 @@ pub(super) fn ws(i: Input) -> PResult<()> {
                             SyntaxError::new(offset(&i) + n, "unterminated block comment");
                         error.len = 2;
                         error.help = Some("close the comment with `*/`".to_string());
-                        return Err(nom::Err::Failure(error));
+                        return Err(nom::Err::Failure(error.into()));
                     }
                 }
             }
             _ => break,
         }
     }
+    i.extra.last_ws.set((offset(&i), n));
     Ok((advance(i, n), ()))
 }
 
@@ -227,17 +263,42 @@ fn memchr_newline(bytes: &[u8]) -> usize {
 
 /// The raw identifier-shaped word at `i` (no whitespace skipping).
 fn word(i: Input) -> PResult<Input> {
-    let rest = i.fragment();
-    match rest.chars().next() {
-        Some(c) if is_ident_start(c) => {}
-        _ => return not_this(i),
+    let len = ident_len(i.fragment().as_bytes());
+    if len == 0 {
+        return not_this(i);
     }
-    let len = rest
-        .char_indices()
-        .find(|&(_, c)| !is_ident_continue(c))
-        .map_or(rest.len(), |(n, _)| n);
     let (rest, word) = i.take_split(len);
     Ok((rest, word))
+}
+
+/// Length of the identifier-shaped word at the start of `bytes` (0 if none).
+fn ident_len(bytes: &[u8]) -> usize {
+    match bytes.first() {
+        Some(b) if b.is_ascii_alphabetic() || *b == b'_' => bytes
+            .iter()
+            .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'\'' | b'-')))
+            .unwrap_or(bytes.len()),
+        _ => 0,
+    }
+}
+
+/// Whether the text after a `{` could be formals (`}`, `...`, or a name
+/// followed by `,`, `?` or `}`) rather than an attribute set: a cheap look
+/// so sets are not parsed twice. Comments make it answer "maybe" (true).
+fn looks_like_formals(after_brace: &[u8]) -> bool {
+    let rest = after_brace.trim_ascii_start();
+    if rest.starts_with(b"#") || rest.starts_with(b"/*") {
+        return true;
+    }
+    if rest.starts_with(b"}") || rest.starts_with(b"...") {
+        return true;
+    }
+    let len = ident_len(rest);
+    if len == 0 {
+        return false;
+    }
+    let after = rest[len..].trim_ascii_start();
+    matches!(after.first(), Some(b',' | b'?' | b'}' | b'#' | b'/'))
 }
 
 /// Keyword `kw` after whitespace; `Error` if something else is there.
@@ -304,7 +365,7 @@ fn expect<'a>(i: Input<'a>, s: &str, context: &str) -> PResult<'a, Span> {
             let (found, _) = describe_next(after_ws.fragment());
             let mut error = SyntaxError::new(offset(&i), format!("expected `{s}` {context}"));
             error.label = Some(format!("found {found}"));
-            Err(nom::Err::Failure(error))
+            Err(nom::Err::Failure(error.into()))
         }
         Err(e) => Err(e),
     }
@@ -318,7 +379,7 @@ fn expect_keyword<'a>(i: Input<'a>, kw: &str, context: &str) -> PResult<'a, Span
             let (found, _) = describe_next(after_ws.fragment());
             let mut error = SyntaxError::new(offset(&i), format!("expected `{kw}` {context}"));
             error.label = Some(format!("found {found}"));
-            Err(nom::Err::Failure(error))
+            Err(nom::Err::Failure(error.into()))
         }
         Err(e) => Err(e),
     }
@@ -346,13 +407,23 @@ fn required_expr<'a>(i: Input<'a>, context: &str) -> PResult<'a, ExprId> {
 pub(super) fn expr(i: Input) -> PResult<ExprId> {
     nested(i, |i| {
         let (i, ()) = ws(i)?;
-        if peek_keyword(&i, "let") {
-            return let_expr(i);
+        // Decide from the raw text which form this is, so that the common
+        // case (an operator expression) costs no failed attempts.
+        let rest = i.fragment().as_bytes();
+        let word_len = ident_len(rest);
+        match &rest[..word_len] {
+            b"let" => return let_expr(i),
+            b"if" => return if_expr(i),
+            _ => {}
         }
-        if peek_keyword(&i, "if") {
-            return if_expr(i);
-        }
-        if let Some(result) = try_lambda(i) {
+        let maybe_lambda = if word_len > 0 {
+            let after = rest[word_len..].trim_ascii_start();
+            // A comment before `:` or `@` is rare; let the real parser decide.
+            matches!(after.first(), Some(b':' | b'@' | b'#')) || after.starts_with(b"/*")
+        } else {
+            rest.first() == Some(&b'{') && looks_like_formals(&rest[1..])
+        };
+        if maybe_lambda && let Some(result) = try_lambda(i) {
             return result;
         }
         or_expr(i)
@@ -502,7 +573,7 @@ fn formals(i: Input) -> PResult<Formals> {
                 error
                     .related
                     .push((previous.span, "first declared here".to_string()));
-                return Err(nom::Err::Failure(error));
+                return Err(nom::Err::Failure(error.into()));
             }
             formals.push(Formal {
                 name,
@@ -532,118 +603,187 @@ fn formals(i: Input) -> PResult<Formals> {
     ))
 }
 
-/// Parses a left-associative chain `operand (op operand)*`.
-fn left_chain<'a>(
-    i: Input<'a>,
-    operand: fn(Input<'a>) -> PResult<'a, ExprId>,
-    ops: &[(&str, BinaryOp)],
-) -> PResult<'a, ExprId> {
-    let (mut i, mut lhs) = operand(i)?;
-    'chain: loop {
-        for &(symbol, op) in ops {
-            if let Ok((rest, op_span)) = punct(i, symbol) {
-                let (rest, rhs) = required_operand(rest, operand, symbol)?;
-                let span = expr_span(&rest, lhs).to(expr_span(&rest, rhs));
-                lhs = alloc(
-                    &rest,
-                    ExprKind::Binary {
+/// An infix operator (or the `?` test) and how tightly it binds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Infix {
+    Binary(BinaryOp),
+    HasAttr,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Assoc {
+    Left,
+    Right,
+    None,
+}
+
+// Binding powers, loosest first; the table in manifest.md §1 and the
+// levels of kiln.ebnf, in the same order.
+const BP_OR: u8 = 1;
+const BP_AND: u8 = 2;
+const BP_EQ: u8 = 3;
+const BP_CMP: u8 = 4;
+const BP_UPDATE: u8 = 5;
+/// The operand of `!` (which sits between `//` and `+`).
+const BP_NOT: u8 = 6;
+const BP_ADD: u8 = 7;
+const BP_MUL: u8 = 8;
+const BP_CONCAT: u8 = 9;
+const BP_HAS_ATTR: u8 = 10;
+/// The operand of prefix `-` (which sits between `?` and application).
+const BP_NEGATE: u8 = 11;
+
+/// The infix operator at the start of `rest`, its length, binding power and
+/// associativity. A pure look at the text: no allocation, no error.
+fn peek_infix(rest: &str) -> Option<(Infix, &'static str, u8, Assoc)> {
+    use BinaryOp::*;
+    let bytes = rest.as_bytes();
+    let second = bytes.get(1).copied();
+    let binary = |op, symbol, bp, assoc| Some((Infix::Binary(op), symbol, bp, assoc));
+    match (bytes.first()?, second) {
+        (b'|', Some(b'|')) => binary(Or, "||", BP_OR, Assoc::Left),
+        (b'&', Some(b'&')) => binary(And, "&&", BP_AND, Assoc::Left),
+        (b'=', Some(b'=')) => binary(Eq, "==", BP_EQ, Assoc::None),
+        (b'!', Some(b'=')) => binary(NotEq, "!=", BP_EQ, Assoc::None),
+        (b'<', Some(b'=')) => binary(LessEq, "<=", BP_CMP, Assoc::None),
+        (b'>', Some(b'=')) => binary(GreaterEq, ">=", BP_CMP, Assoc::None),
+        (b'<', _) => binary(Less, "<", BP_CMP, Assoc::None),
+        (b'>', _) => binary(Greater, ">", BP_CMP, Assoc::None),
+        (b'/', Some(b'/')) => binary(Update, "//", BP_UPDATE, Assoc::Right),
+        (b'+', Some(b'+')) => binary(Concat, "++", BP_CONCAT, Assoc::Right),
+        (b'+', _) => binary(Add, "+", BP_ADD, Assoc::Left),
+        (b'-', Some(b'>')) => None,
+        (b'-', _) => binary(Sub, "-", BP_ADD, Assoc::Left),
+        (b'*', _) => binary(Mul, "*", BP_MUL, Assoc::Left),
+        (b'/', Some(b'*')) => None,
+        (b'/', _) => binary(Div, "/", BP_MUL, Assoc::Left),
+        (b'?', _) => Some((Infix::HasAttr, "?", BP_HAS_ATTR, Assoc::None)),
+        _ => None,
+    }
+}
+
+/// Operator expressions by precedence climbing: one loop instead of one
+/// function per level, so an operand costs one whitespace skip, not twelve.
+/// Only operators binding at least as tightly as `min_bp` are consumed.
+fn binary(i: Input, min_bp: u8) -> PResult<ExprId> {
+    let (i, mut lhs) = prefix(i, min_bp)?;
+    let mut i = i;
+    let mut previous: Option<(u8, &'static str)> = None;
+    loop {
+        let (after_ws, ()) = ws(i)?;
+        let Some((infix, symbol, bp, assoc)) = peek_infix(after_ws.fragment()) else {
+            return Ok((i, lhs));
+        };
+        if bp < min_bp {
+            return Ok((i, lhs));
+        }
+        if let Some((previous_bp, previous_symbol)) = previous
+            && previous_bp == bp
+        {
+            let mut error = SyntaxError::new(
+                offset(&after_ws),
+                format!("`{previous_symbol}` and `{symbol}` cannot be chained"),
+            );
+            error.len = symbol.len();
+            error.help = Some("add parentheses".to_string());
+            return Err(nom::Err::Failure(error.into()));
+        }
+        let op_start = offset(&after_ws);
+        let rest = advance(after_ws, symbol.len());
+        let op_span = span_from(op_start, &rest);
+        match infix {
+            Infix::HasAttr => {
+                let (rest, path) = attr_path(rest, "after `?`")?;
+                let span = expr_span(&rest, lhs).to(span_from(offset(&rest), &rest));
+                lhs = alloc(&rest, ExprKind::HasAttr { subject: lhs, path }, span);
+                i = rest;
+            }
+            Infix::Binary(op) if assoc == Assoc::Right => {
+                // Collect the whole chain, then build it from the right: no
+                // recursion per operator, however long the chain.
+                let (mut rest, first) = required_binary(rest, bp + 1, symbol)?;
+                let mut operands = vec![lhs, first];
+                let mut op_spans = vec![op_span];
+                loop {
+                    let (after, ()) = ws(rest)?;
+                    match peek_infix(after.fragment()) {
+                        Some((Infix::Binary(next), _, _, _)) if next == op => {
+                            let start = offset(&after);
+                            let after_op = advance(after, symbol.len());
+                            op_spans.push(span_from(start, &after_op));
+                            let (after_operand, operand) =
+                                required_binary(after_op, bp + 1, symbol)?;
+                            operands.push(operand);
+                            rest = after_operand;
+                        }
+                        _ => break,
+                    }
+                }
+                let mut rhs = operands.pop().unwrap_or(lhs);
+                while let (Some(left), Some(op_span)) = (operands.pop(), op_spans.pop()) {
+                    let span = expr_span(&rest, left).to(expr_span(&rest, rhs));
+                    let kind = ExprKind::Binary {
                         op,
                         op_span,
-                        lhs,
+                        lhs: left,
                         rhs,
-                    },
-                    span,
-                );
-                i = rest;
-                continue 'chain;
-            }
-        }
-        return Ok((i, lhs));
-    }
-}
-
-/// Parses a right-associative chain without recursing once per operator.
-fn right_chain<'a>(
-    i: Input<'a>,
-    operand: fn(Input<'a>) -> PResult<'a, ExprId>,
-    symbol: &str,
-    op: BinaryOp,
-) -> PResult<'a, ExprId> {
-    let (mut i, first) = operand(i)?;
-    if punct(i, symbol).is_err() {
-        return Ok((i, first));
-    }
-    let mut operands = vec![first];
-    let mut op_spans = Vec::new();
-    while let Ok((rest, op_span)) = punct(i, symbol) {
-        let (rest, rhs) = required_operand(rest, operand, symbol)?;
-        operands.push(rhs);
-        op_spans.push(op_span);
-        i = rest;
-    }
-    let mut rhs = operands.pop().unwrap_or(first);
-    while let (Some(lhs), Some(op_span)) = (operands.pop(), op_spans.pop()) {
-        let span = expr_span(&i, lhs).to(expr_span(&i, rhs));
-        rhs = alloc(
-            &i,
-            ExprKind::Binary {
-                op,
-                op_span,
-                lhs,
-                rhs,
-            },
-            span,
-        );
-    }
-    Ok((i, rhs))
-}
-
-/// A non-associative `operand (op operand)?`.
-fn non_assoc<'a>(
-    i: Input<'a>,
-    operand: fn(Input<'a>) -> PResult<'a, ExprId>,
-    ops: &[(&str, BinaryOp)],
-) -> PResult<'a, ExprId> {
-    let (i, lhs) = operand(i)?;
-    for &(symbol, op) in ops {
-        if let Ok((rest, op_span)) = punct(i, symbol) {
-            let (rest, rhs) = required_operand(rest, operand, symbol)?;
-            for &(other, _) in ops {
-                if let Ok((after, ())) = ws(rest)
-                    && punct(after, other).is_ok()
-                {
-                    let mut error = SyntaxError::new(
-                        offset(&after),
-                        format!("`{symbol}` and `{other}` cannot be chained"),
-                    );
-                    error.len = other.len();
-                    error.help = Some("add parentheses".to_string());
-                    return Err(nom::Err::Failure(error));
+                    };
+                    rhs = alloc(&rest, kind, span);
                 }
+                lhs = rhs;
+                i = rest;
             }
-            let span = expr_span(&rest, lhs).to(expr_span(&rest, rhs));
-            let id = alloc(
-                &rest,
-                ExprKind::Binary {
+            Infix::Binary(op) => {
+                let (rest, rhs) = required_binary(rest, bp + 1, symbol)?;
+                let span = expr_span(&rest, lhs).to(expr_span(&rest, rhs));
+                let kind = ExprKind::Binary {
                     op,
                     op_span,
                     lhs,
                     rhs,
-                },
-                span,
-            );
-            return Ok((rest, id));
+                };
+                lhs = alloc(&rest, kind, span);
+                i = rest;
+            }
         }
+        previous = (assoc == Assoc::None).then_some((bp, symbol));
     }
-    Ok((i, lhs))
 }
 
-fn required_operand<'a>(
-    i: Input<'a>,
-    operand: fn(Input<'a>) -> PResult<'a, ExprId>,
-    symbol: &str,
-) -> PResult<'a, ExprId> {
-    match operand(i) {
+/// An operand: `!e` and `-e` where the binding power allows them, else an
+/// application.
+fn prefix(i: Input, min_bp: u8) -> PResult<ExprId> {
+    let (i, ()) = ws(i)?;
+    let start = offset(&i);
+    let rest = *i.fragment();
+    if min_bp <= BP_NOT && rest.starts_with('!') && !rest.starts_with("!=") {
+        return nested(advance(i, 1), |rest| {
+            let (rest, operand) = required_binary(rest, BP_NOT, "!")?;
+            let span = span_from(start, &rest);
+            let id = alloc(&rest, ExprKind::Not(operand), span);
+            Ok((rest, id))
+        });
+    }
+    if min_bp <= BP_NEGATE && rest.starts_with('-') && !rest.starts_with("->") {
+        let rest = advance(i, 1);
+        // `-7` is an integer literal (so `-9223372036854775808` fits).
+        if rest.fragment().starts_with(|c: char| c.is_ascii_digit()) {
+            let (rest, literal) = integer(rest, start, true)?;
+            return application(rest, literal);
+        }
+        return nested(rest, |rest| {
+            let (rest, operand) = required_binary(rest, BP_NEGATE, "-")?;
+            let span = span_from(start, &rest);
+            let id = alloc(&rest, ExprKind::Negate(operand), span);
+            Ok((rest, id))
+        });
+    }
+    app_expr(i)
+}
+
+/// The operand after `symbol`, which must be there.
+fn required_binary<'a>(i: Input<'a>, min_bp: u8, symbol: &str) -> PResult<'a, ExprId> {
+    match binary(i, min_bp) {
         Err(nom::Err::Error(_)) => {
             let (i, ()) = ws(i)?;
             // `a + if c then 1 else 2` and friends: Nix needs parentheses too.
@@ -653,11 +793,11 @@ fn required_operand<'a>(
                 .map(|kw| format!("put the `{kw}` expression in parentheses"));
             let mut error = match unexpected(i, format!("expected an expression after `{symbol}`"))
             {
-                nom::Err::Failure(e) => e,
+                nom::Err::Failure(e) => e.into_inner(),
                 _ => unreachable_error(),
             };
             error.help = help;
-            Err(nom::Err::Failure(error))
+            Err(nom::Err::Failure(error.into()))
         }
         other => other,
     }
@@ -668,100 +808,7 @@ fn unreachable_error() -> SyntaxError {
 }
 
 fn or_expr(i: Input) -> PResult<ExprId> {
-    left_chain(i, and_expr, &[("||", BinaryOp::Or)])
-}
-
-fn and_expr(i: Input) -> PResult<ExprId> {
-    left_chain(i, eq_expr, &[("&&", BinaryOp::And)])
-}
-
-fn eq_expr(i: Input) -> PResult<ExprId> {
-    non_assoc(
-        i,
-        cmp_expr,
-        &[("==", BinaryOp::Eq), ("!=", BinaryOp::NotEq)],
-    )
-}
-
-fn cmp_expr(i: Input) -> PResult<ExprId> {
-    non_assoc(
-        i,
-        update_expr,
-        &[
-            ("<=", BinaryOp::LessEq),
-            (">=", BinaryOp::GreaterEq),
-            ("<", BinaryOp::Less),
-            (">", BinaryOp::Greater),
-        ],
-    )
-}
-
-fn update_expr(i: Input) -> PResult<ExprId> {
-    right_chain(i, not_expr, "//", BinaryOp::Update)
-}
-
-fn not_expr(i: Input) -> PResult<ExprId> {
-    let (i, ()) = ws(i)?;
-    let start = offset(&i);
-    match punct(i, "!") {
-        Ok((rest, _)) => nested(rest, |rest| {
-            let (rest, operand) = required_operand(rest, not_expr, "!")?;
-            let span = span_from(start, &rest);
-            let id = alloc(&rest, ExprKind::Not(operand), span);
-            Ok((rest, id))
-        }),
-        Err(_) => add_expr(i),
-    }
-}
-
-fn add_expr(i: Input) -> PResult<ExprId> {
-    left_chain(i, mul_expr, &[("+", BinaryOp::Add), ("-", BinaryOp::Sub)])
-}
-
-fn mul_expr(i: Input) -> PResult<ExprId> {
-    left_chain(
-        i,
-        concat_expr,
-        &[("*", BinaryOp::Mul), ("/", BinaryOp::Div)],
-    )
-}
-
-fn concat_expr(i: Input) -> PResult<ExprId> {
-    right_chain(i, has_attr_expr, "++", BinaryOp::Concat)
-}
-
-fn has_attr_expr(i: Input) -> PResult<ExprId> {
-    let (i, subject) = negate_expr(i)?;
-    match punct(i, "?") {
-        Ok((rest, _)) => {
-            let (rest, path) = attr_path(rest, "after `?`")?;
-            let span = expr_span(&rest, subject).to(span_from(offset(&rest), &rest));
-            let id = alloc(&rest, ExprKind::HasAttr { subject, path }, span);
-            Ok((rest, id))
-        }
-        Err(_) => Ok((i, subject)),
-    }
-}
-
-fn negate_expr(i: Input) -> PResult<ExprId> {
-    let (i, ()) = ws(i)?;
-    let start = offset(&i);
-    match punct(i, "-") {
-        Ok((rest, _)) => {
-            // `-7` is an integer literal (so `-9223372036854775808` fits).
-            if rest.fragment().starts_with(|c: char| c.is_ascii_digit()) {
-                let (rest, literal) = integer(rest, start, true)?;
-                return application(rest, literal);
-            }
-            nested(rest, |rest| {
-                let (rest, operand) = required_operand(rest, negate_expr, "-")?;
-                let span = span_from(start, &rest);
-                let id = alloc(&rest, ExprKind::Negate(operand), span);
-                Ok((rest, id))
-            })
-        }
-        Err(_) => app_expr(i),
-    }
+    binary(i, 0)
 }
 
 fn app_expr(i: Input) -> PResult<ExprId> {
@@ -815,7 +862,13 @@ fn select_expr(i: Input) -> PResult<ExprId> {
             let (rest, path) = attr_path(rest, "after `.`")?;
             let (rest, default) = match keyword(rest, "or") {
                 Ok((rest, _)) => {
-                    let (rest, default) = required_operand(rest, select_expr, "or")?;
+                    let (rest, default) = match select_expr(rest) {
+                        Err(nom::Err::Error(_)) => {
+                            let (rest, ()) = ws(rest)?;
+                            return Err(unexpected(rest, "expected an expression after `or`"));
+                        }
+                        other => other?,
+                    };
                     (rest, Some(default))
                 }
                 Err(_) => (rest, None),
@@ -978,12 +1031,12 @@ fn integer(i: Input, start: usize, negative: bool) -> PResult<ExprId> {
         error.help = Some(
             "integers are 64-bit signed: -9223372036854775808 ..= 9223372036854775807".to_string(),
         );
-        return Err(nom::Err::Failure(error));
+        return Err(nom::Err::Failure(error.into()));
     };
     if rest.fragment().starts_with(is_ident_start) {
         let mut error = SyntaxError::new(offset(&rest), "unexpected letter after a number");
         error.len = 1;
-        return Err(nom::Err::Failure(error));
+        return Err(nom::Err::Failure(error.into()));
     }
     let id = alloc(&rest, ExprKind::Int(value), span);
     Ok((rest, id))
@@ -1002,12 +1055,12 @@ fn path(i: Input) -> PResult<ExprId> {
         let mut error = SyntaxError::new(start, "a path literal must not end with `/`");
         error.len = len;
         error.help = Some(format!("write `{}`", text.trim_end_matches('/')));
-        return Err(nom::Err::Failure(error));
+        return Err(nom::Err::Failure(error.into()));
     }
     if text.contains("//") {
         let mut error = SyntaxError::new(start, "a path literal must not contain `//`");
         error.len = len;
-        return Err(nom::Err::Failure(error));
+        return Err(nom::Err::Failure(error.into()));
     }
     let span = span_from(start, &rest);
     let id = alloc(&rest, ExprKind::Path(intern(&rest, text)), span);
@@ -1042,7 +1095,7 @@ fn list(i: Input) -> PResult<ExprId> {
             }
             Err(nom::Err::Error(_)) => {
                 let mut error = match unexpected(i, "expected a list element or `]`") {
-                    nom::Err::Failure(e) => e,
+                    nom::Err::Failure(e) => e.into_inner(),
                     _ => unreachable_error(),
                 };
                 if i.fragment()
@@ -1055,7 +1108,7 @@ fn list(i: Input) -> PResult<ExprId> {
                         "the list starts here".to_string(),
                     ));
                 }
-                return Err(nom::Err::Failure(error));
+                return Err(nom::Err::Failure(error.into()));
             }
             Err(e) => return Err(e),
         }
@@ -1115,7 +1168,7 @@ fn bindings<'a>(
                 format!("unexpected end of file: expected {close}"),
             );
             error.related.push((opener, format!("{what} starts here")));
-            return Err(nom::Err::Failure(error));
+            return Err(nom::Err::Failure(error.into()));
         }
         let stmt_start = offset(&i);
         if let Ok((rest, _)) = keyword(i, "inherit") {
@@ -1141,7 +1194,7 @@ fn bindings<'a>(
                             "dynamic attribute names cannot be inherited",
                         );
                         error.len = offset(&after) - offset(&rest);
-                        return Err(nom::Err::Failure(error));
+                        return Err(nom::Err::Failure(error.into()));
                     }
                     Err(_) => break,
                 }
@@ -1161,10 +1214,11 @@ fn bindings<'a>(
             }
         };
         let (rest, _) = match expect(rest, "=", "after the attribute name") {
-            Err(nom::Err::Failure(mut error)) if context == BindingContext::Let => {
+            Err(nom::Err::Failure(error)) if context == BindingContext::Let => {
+                let mut error = error.into_inner();
                 error.help =
                     Some("if this is the body of the `let`, write `in` before it".to_string());
-                return Err(nom::Err::Failure(error));
+                return Err(nom::Err::Failure(error.into()));
             }
             other => other?,
         };
@@ -1173,7 +1227,9 @@ fn bindings<'a>(
             Ok(ok) => ok,
             Err(nom::Err::Failure(error)) => {
                 return Err(nom::Err::Failure(
-                    forgotten_semicolon(&rest, value).unwrap_or(error),
+                    forgotten_semicolon(&rest, value)
+                        .map(PError::from)
+                        .unwrap_or(error),
                 ));
             }
             Err(e) => return Err(e),
@@ -1191,11 +1247,11 @@ fn string(i: Input) -> PResult<ExprId> {
     let mut literal = String::new();
     loop {
         let rest = *i.fragment();
-        let Some(stop) = rest.find(['"', '\\', '$']) else {
+        let Some(stop) = rest.bytes().position(|b| matches!(b, b'"' | b'\\' | b'$')) else {
             let mut error = SyntaxError::new(start, "unterminated string");
             error.len = 1;
             error.help = Some("close the string with `\"`".to_string());
-            return Err(nom::Err::Failure(error));
+            return Err(nom::Err::Failure(error.into()));
         };
         literal.push_str(&rest[..stop]);
         let tail = &rest[stop..];
@@ -1222,7 +1278,7 @@ fn string(i: Input) -> PResult<ExprId> {
                         "the escapes are \\n \\t \\r \\\\ \\\" \\$; write `\\\\` for a backslash"
                             .to_string(),
                     );
-                    return Err(nom::Err::Failure(error));
+                    return Err(nom::Err::Failure(error.into()));
                 }
             };
             literal.push(unescaped);
@@ -1256,11 +1312,11 @@ fn indented_string(i: Input) -> PResult<ExprId> {
     let mut parts: Vec<IndentedPart> = Vec::new();
     loop {
         let rest = *i.fragment();
-        let Some(stop) = rest.find(['\'', '$']) else {
+        let Some(stop) = rest.bytes().position(|b| matches!(b, b'\'' | b'$')) else {
             let mut error = SyntaxError::new(start, "unterminated indented string");
             error.len = 2;
             error.help = Some("close the string with `''`".to_string());
-            return Err(nom::Err::Failure(error));
+            return Err(nom::Err::Failure(error.into()));
         };
         if stop > 0 {
             parts.push(IndentedPart::Text(rest[..stop].to_string()));
