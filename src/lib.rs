@@ -1,3 +1,4 @@
 //! kiln: a declarative, hermetic build runner. See ARCHITECTURE.md.
 
 pub mod cli;
+pub mod vm;

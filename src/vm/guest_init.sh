@@ -1,0 +1,93 @@
+#!/bin/sh
+# kiln guest init: PID 1 of every kiln microVM, from the initramfs kiln builds.
+# Disks are found by their virtio serial (kimage, kwork, kout), never by probe
+# order. Lines starting with @@kiln- are read by the host; everything between
+# the job-start and job-end lines is the job's log.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+
+arg() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in "$1"=*) echo "${word#*=}" ;; esac
+    done
+}
+nonce=$(arg kiln.nonce)
+fail() {
+    echo "@@kiln-setup-failed-$nonce@@ $*"
+    sync
+    poweroff -f
+}
+
+if [ "$(arg kiln.probe)" = 1 ]; then
+    echo "@@kiln-probe-ok@@"
+    poweroff -f
+fi
+
+for module in $(cat /lib/modules/order); do
+    insmod "/lib/modules/$module.ko" || fail "cannot load kernel module $module"
+done
+if [ "$(arg kiln.net)" = 1 ]; then
+    for module in $(cat /lib/modules/order-net); do
+        insmod "/lib/modules/$module.ko" || fail "cannot load kernel module $module"
+    done
+fi
+
+tries=0
+while :; do
+    for block in /sys/block/vd*; do
+        [ -e "$block/serial" ] || continue
+        case "$(cat "$block/serial")" in
+            kimage) disk_image=/dev/${block##*/} ;;
+            kwork) disk_work=/dev/${block##*/} ;;
+            kout) disk_out=/dev/${block##*/} ;;
+        esac
+    done
+    [ -b "$disk_image" ] && [ -b "$disk_work" ] && [ -b "$disk_out" ] && break
+    tries=$((tries + 1))
+    [ "$tries" -gt 50 ] && fail "virtio disks not found (image=$disk_image work=$disk_work out=$disk_out)"
+    usleep 100000
+done
+
+mkdir -p /mnt/image /mnt/rw /mnt/work /newroot
+mount -t ext4 -o ro,noload "$disk_image" /mnt/image || fail "cannot mount the image disk"
+mount -t ext4 -o ro,noload "$disk_work" /mnt/work || fail "cannot mount the workspace disk"
+mount -t tmpfs -o mode=0755 rw /mnt/rw || fail "cannot mount the upper tmpfs"
+mkdir -p /mnt/rw/root/upper /mnt/rw/root/work /mnt/rw/job/upper /mnt/rw/job/work
+mount -t overlay -o lowerdir=/mnt/image,upperdir=/mnt/rw/root/upper,workdir=/mnt/rw/root/work root /newroot \
+    || fail "cannot mount the root overlay"
+workspace=$(cat /mnt/work/job/workspace)
+mkdir -p "/newroot$workspace" || fail "cannot create the workspace $workspace"
+mount -t overlay -o "lowerdir=$(cat /mnt/work/job/lowerdirs),upperdir=/mnt/rw/job/upper,workdir=/mnt/rw/job/work" \
+    workspace "/newroot$workspace" || fail "cannot mount the workspace overlay"
+mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+mount -t tmpfs -o mode=1777 tmp /newroot/tmp || fail "cannot mount /tmp"
+hostname "$(cat /mnt/work/job/hostname)"
+ip link set lo up
+if [ "$(arg kiln.net)" = 1 ]; then
+    ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
+        || fail "cannot configure the network"
+    mkdir -p /newroot/etc && echo "nameserver 10.0.2.3" > /newroot/etc/resolv.conf
+fi
+
+# Only emergencies (panics) may interleave with the job's output from here on.
+echo "1 4 1 7" > /proc/sys/kernel/printk
+echo "@@kiln-job-start-$nonce@@ $(cut -d" " -f1 /proc/uptime)"
+sh /mnt/work/job/run.sh
+status=$?
+echo
+echo "@@kiln-job-end-$nonce@@ $status"
+
+# Nothing the job started may write to the upper layer while it is captured.
+kill -9 -1 2>/dev/null
+umount -l "/newroot$workspace"
+echo "$status" > /mnt/rw/job/status
+cd /mnt/rw/job && { echo status; find upper; } | cpio -o -H newc > "$disk_out" 2>/dev/null \
+    || echo "@@kiln-output-failed-$nonce@@"
+sync
+poweroff -f

@@ -1,0 +1,333 @@
+//! Real QEMU microVMs under whatever accelerator this machine really runs
+//! (TCG where KVM guests hang). Boots are expensive: the checks are grouped
+//! into few VM runs, and the tests take turns (one VM at a time).
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kiln::vm::{Accel, KernelChoice, Phase, VmJob, VmOutcome, VmRun, run_job};
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `test` on its own runtime while no other VM test runs.
+fn one_vm_at_a_time<F: std::future::Future<Output = ()>>(test: F) {
+    let _turn = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    tokio::runtime::Runtime::new().unwrap().block_on(test);
+}
+
+/// TCG on a loaded two-core machine: boots take seconds to tens of seconds.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+const APPLETS: &[&str] = &[
+    "cat", "echo", "env", "hostname", "ls", "mkdir", "rm", "sleep", "sort", "test", "tr", "wc",
+    "cut", "sh",
+];
+
+/// A tiny image: static busybox and its applets.
+fn busybox_image(root: &Path) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+    for applet in APPLETS {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    std::fs::create_dir_all(root.join("root")).unwrap();
+}
+
+fn job(image: &Path, script: &str) -> VmJob {
+    let mut job = VmJob::new(
+        image.to_path_buf(),
+        "test-busybox-image-1".to_owned(),
+        script.to_owned(),
+    );
+    job.timeouts.boot = BOOT_TIMEOUT;
+    job.timeouts.job = Duration::from_secs(120);
+    job.env.insert("PATH".into(), "/bin".into());
+    job.env.insert("HOME".into(), "/root".into());
+    job.env
+        .insert("GREETING".into(), "it's a 'quoted' $value".into());
+    job
+}
+
+async fn run(job: &VmJob, cache: &Path, upper: &Path) -> (VmRun, String) {
+    let mut log = Vec::new();
+    let result = run_job(job, cache, upper, &mut log, std::future::pending()).await;
+    let log = String::from_utf8_lossy(&log).into_owned();
+    match result {
+        Ok(run) => (run, log),
+        Err(error) => panic!("run_job failed: {error}\nlog:\n{log}"),
+    }
+}
+
+fn kiln_vm_dirs() -> BTreeSet<PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("kiln-vm-"))
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+fn assert_no_vm_left(before: &BTreeSet<PathBuf>) {
+    let leaked: Vec<_> = kiln_vm_dirs().difference(before).cloned().collect();
+    assert!(
+        leaked.is_empty(),
+        "private VM directories left behind: {leaked:?}"
+    );
+    for dir in kiln_vm_dirs() {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(processes_mentioning(&name).is_empty());
+    }
+    let ours: Vec<String> = processes_mentioning("qmp.sock")
+        .into_iter()
+        .filter(|cmdline| cmdline.contains("kiln-vm-"))
+        .collect();
+    assert!(ours.is_empty(), "QEMU still running: {ours:?}");
+}
+
+#[test]
+fn layers_env_hostname_whiteouts_and_exit_codes() {
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, cache, base) = (
+            dir.path().join("image"),
+            dir.path().join("cache"),
+            dir.path().join("base"),
+        );
+        busybox_image(&image);
+        std::fs::create_dir_all(base.join("sub")).unwrap();
+        std::fs::write(base.join("keep.txt"), "kept from the base layer\n").unwrap();
+        std::fs::write(base.join("gone.txt"), "deleted by the first job\n").unwrap();
+        std::fs::write(base.join("sub/deep.txt"), "deep\n").unwrap();
+        let before = kiln_vm_dirs();
+        let accel_from_env = std::env::var_os("KILN_QEMU_ACCEL").is_some();
+
+        // First job: writes, deletes, reports its environment and hostname.
+        let mut first = job(
+            &image,
+            "echo made-in-vm > made.txt\nrm gone.txt\nenv | sort > env.txt\nhostname > host.txt\n\
+             ls -A /tmp | wc -l > tmp-count.txt\npwd > pwd.txt\ncat keep.txt\necho to-stderr >&2\n",
+        );
+        first.lower_dirs = vec![base.clone()];
+        first.hostname = "kiln-test".into();
+        let first_upper = dir.path().join("first-upper");
+        let (run1, log1) = run(&first, &cache, &first_upper).await;
+        assert_eq!(
+            run1.outcome,
+            VmOutcome::Exited {
+                exit_code: 0,
+                upper_dir: first_upper.clone()
+            },
+            "log:\n{log1}"
+        );
+        assert!(log1.lines().next().unwrap().contains("accel="), "{log1}");
+        assert!(log1.contains("kept from the base layer\n"), "{log1}");
+        assert!(log1.contains("to-stderr\n"), "{log1}");
+        assert!(
+            !log1.contains("Linux version"),
+            "kernel noise in the job log:\n{log1}"
+        );
+
+        let read = |name: &str| std::fs::read_to_string(first_upper.join(name)).unwrap();
+        assert_eq!(read("made.txt"), "made-in-vm\n");
+        assert_eq!(read("host.txt"), "kiln-test\n");
+        assert_eq!(read("tmp-count.txt"), "0\n");
+        assert_eq!(read("pwd.txt"), "/work\n");
+        let env = read("env.txt");
+        for expected in ["PATH=/bin", "HOME=/root", "GREETING=it's a 'quoted' $value"] {
+            assert!(
+                env.lines().any(|line| line == expected),
+                "{expected} missing from:\n{env}"
+            );
+        }
+        // Only the job's variables and those the shell itself sets.
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap();
+            assert!(
+                ["PATH", "HOME", "GREETING", "PWD", "SHLVL", "OLDPWD", "_"].contains(&name),
+                "unexpected variable {line}"
+            );
+        }
+        let whiteout = std::fs::symlink_metadata(first_upper.join("gone.txt")).unwrap();
+        assert!(
+            whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
+            "gone.txt is no whiteout"
+        );
+        assert!(
+            !first_upper.join("keep.txt").exists(),
+            "an untouched lower file is no part of the upper layer"
+        );
+
+        if !accel_from_env {
+            assert_eq!(run1.accel.accel, Accel::Tcg, "{:?}", run1.accel);
+        }
+        let timings = run1.timings;
+        eprintln!("first job: {timings:?}");
+
+        // Second job: sees the first job's layer above the base, deletion included.
+        let mut second = job(
+            &image,
+            "cat made.txt\ntest ! -e gone.txt && echo gone-is-gone\ncat sub/deep.txt\necho bye > bye.txt\nexit 7\n",
+        );
+        second.lower_dirs = vec![base.clone(), first_upper.clone()];
+        let second_upper = dir.path().join("second-upper");
+        let (run2, log2) = run(&second, &cache, &second_upper).await;
+        assert_eq!(
+            run2.outcome,
+            VmOutcome::Exited {
+                exit_code: 7,
+                upper_dir: second_upper.clone()
+            },
+            "{log2}"
+        );
+        assert!(log2.contains("made-in-vm\ngone-is-gone\ndeep\n"), "{log2}");
+        assert_eq!(
+            std::fs::read_to_string(second_upper.join("bye.txt")).unwrap(),
+            "bye\n"
+        );
+        if !accel_from_env && Path::new("/dev/kvm").exists() {
+            assert!(
+                run2.accel.reason.starts_with("remembered"),
+                "{:?}",
+                run2.accel
+            );
+            assert_eq!(std::fs::read_dir(cache.join("accel")).unwrap().count(), 1);
+        }
+        // One initramfs and one image disk, built once for both jobs.
+        assert_eq!(
+            std::fs::read_dir(cache.join("initramfs")).unwrap().count(),
+            1
+        );
+        assert_eq!(std::fs::read_dir(cache.join("images")).unwrap().count(), 1);
+        assert_no_vm_left(&before);
+    });
+}
+
+#[test]
+fn a_job_timeout_leaves_no_process_and_no_temp_dir() {
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        busybox_image(&image);
+        let before = kiln_vm_dirs();
+        let mut job = job(&image, "echo started\nsleep 600\n");
+        job.timeouts.job = Duration::from_secs(2);
+        job.accel = Accel::Tcg;
+        let (run, log) = run(&job, &dir.path().join("cache"), &dir.path().join("upper")).await;
+        assert_eq!(
+            run.outcome,
+            VmOutcome::TimedOut { phase: Phase::Job },
+            "{log}"
+        );
+        assert!(log.contains("started\n"), "{log}");
+        assert!(log.contains("timed out"), "{log}");
+        assert!(!dir.path().join("upper").exists());
+        assert_no_vm_left(&before);
+    });
+}
+
+#[test]
+fn an_unbootable_kernel_fails_cleanly_within_the_boot_timeout() {
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        busybox_image(&image);
+        let kernel = dir.path().join("vmlinuz-garbage");
+        std::fs::write(&kernel, vec![0x5a; 64 * 1024]).unwrap();
+        let before = kiln_vm_dirs();
+        let mut job = job(&image, "echo never\n");
+        job.kernel = KernelChoice::Path(kernel);
+        job.accel = Accel::Tcg;
+        job.timeouts.boot = Duration::from_secs(20);
+        let started = Instant::now();
+        let (run, log) = run(&job, &dir.path().join("cache"), &dir.path().join("upper")).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(
+                &run.outcome,
+                VmOutcome::Failed { .. } | VmOutcome::TimedOut { phase: Phase::Boot }
+            ),
+            "{:?}\n{log}",
+            run.outcome
+        );
+        assert!(!log.contains("never"), "{log}");
+        assert!(log.contains("kiln: "), "{log}");
+        assert_no_vm_left(&before);
+    });
+}
+
+#[test]
+fn a_kill_ends_the_vm() {
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        busybox_image(&image);
+        let before = kiln_vm_dirs();
+        let mut job = job(&image, "echo never\n");
+        job.accel = Accel::Tcg;
+        let mut log = Vec::new();
+        let cancel = tokio::time::sleep(Duration::from_millis(500));
+        let run = run_job(
+            &job,
+            &dir.path().join("cache"),
+            &dir.path().join("upper"),
+            &mut log,
+            cancel,
+        )
+        .await
+        .unwrap();
+        let log = String::from_utf8_lossy(&log);
+        assert_eq!(run.outcome, VmOutcome::Killed, "{log}");
+        assert!(log.contains("kiln: killed"), "{log}");
+        assert_no_vm_left(&before);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn setup_failures_are_errors_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = job(&dir.path().join("no-such-image"), "true\n");
+    job.kernel = KernelChoice::Path(dir.path().join("no-such-kernel"));
+    let mut log = Vec::new();
+    let error = run_job(
+        &job,
+        &dir.path().join("cache"),
+        &dir.path().join("upper"),
+        &mut log,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("no-such-kernel"), "{error}");
+    assert!(String::from_utf8_lossy(&log).contains("no-such-kernel"));
+}
