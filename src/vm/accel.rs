@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use super::initramfs::Kernel;
+use super::kernel::Kernel;
 use super::{Accel, VmError};
 
 /// `kvm` or `tcg`: overrides `auto` (not an explicit `accel` in the job).
@@ -32,6 +32,7 @@ pub async fn resolve_accel(
     requested: Accel,
     qemu: &Path,
     kernel: &Kernel,
+    boot_kernel: &Path,
     initramfs: &Path,
     cache_dir: &Path,
 ) -> Result<AccelChoice, VmError> {
@@ -67,7 +68,7 @@ pub async fn resolve_accel(
             reason: format!("remembered: {}", remembered.reason),
         });
     }
-    let verdict = probe_kvm(qemu, kernel, initramfs).await;
+    let verdict = probe_kvm(qemu, boot_kernel, initramfs).await;
     if let Some(parent) = verdict_path.parent() {
         let saved = std::fs::create_dir_all(parent).and_then(|()| {
             let text = serde_json::to_string(&verdict).map_err(std::io::Error::other)?;
@@ -129,7 +130,7 @@ fn cpu_model() -> String {
 }
 
 /// Boots the probe guest (init powers off at once) under KVM.
-async fn probe_kvm(qemu: &Path, kernel: &Kernel, initramfs: &Path) -> AccelChoice {
+async fn probe_kvm(qemu: &Path, kernel: &Path, initramfs: &Path) -> AccelChoice {
     let started = Instant::now();
     let mut command = Command::new(qemu);
     command
@@ -145,12 +146,12 @@ async fn probe_kvm(qemu: &Path, kernel: &Kernel, initramfs: &Path) -> AccelChoic
             "stdio",
         ])
         .arg("-kernel")
-        .arg(&kernel.path)
+        .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
         .args([
             "-append",
-            "console=ttyS0 reboot=t panic=-1 quiet kiln.probe=1",
+            "console=ttyS0 reboot=t panic=-1 edd=off quiet kiln.probe=1",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use flate2::{Compression, GzBuilder};
 
 use super::VmError;
+use super::kernel::Kernel;
 
 /// The guest init script (PID 1).
 pub const GUEST_INIT: &str = include_str!("guest_init.sh");
@@ -28,122 +29,6 @@ const NETWORK_MODULES: &[&str] = &["virtio_net"];
 
 /// Bumped whenever the archive layout changes, so old cache entries are unused.
 const FORMAT: &str = "kiln-initramfs-1";
-
-/// The kernel a job asked for, resolved to a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kernel {
-    pub path: PathBuf,
-    /// From the bzImage header; `None` when the file is no bzImage.
-    pub version: Option<String>,
-}
-
-impl Kernel {
-    pub fn resolve(choice: &super::KernelChoice) -> Result<Kernel, VmError> {
-        let path = match choice {
-            super::KernelChoice::Default => newest_boot_kernel(Path::new("/boot"))?,
-            super::KernelChoice::Path(path) => {
-                if !path.is_file() {
-                    return Err(VmError::KernelNotFound {
-                        reason: format!("{} is not a file", path.display()),
-                    });
-                }
-                path.clone()
-            }
-        };
-        let version = bzimage_version(&path)?;
-        Ok(Kernel { path, version })
-    }
-}
-
-/// The newest `vmlinuz-*` in `boot`, by version order.
-pub fn newest_boot_kernel(boot: &Path) -> Result<PathBuf, VmError> {
-    let not_found = |reason: String| VmError::KernelNotFound { reason };
-    let entries = fs::read_dir(boot)
-        .map_err(|e| not_found(format!("cannot read {}: {e}", boot.display())))?;
-    let mut kernels: Vec<(Vec<VersionPart>, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let version = name.strip_prefix("vmlinuz-")?;
-            Some((version_key(version), entry.path()))
-        })
-        .collect();
-    kernels.sort();
-    kernels.pop().map(|(_, path)| path).ok_or_else(|| {
-        not_found(format!(
-            "no vmlinuz-* in {} (on Debian: apt-get install linux-image-amd64)",
-            boot.display()
-        ))
-    })
-}
-
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum VersionPart {
-    Text(String),
-    Number(u64),
-}
-
-/// `6.1.0-10` < `6.1.0-9`? No: digits compare as numbers.
-fn version_key(version: &str) -> Vec<VersionPart> {
-    let mut parts = Vec::new();
-    let mut rest = version;
-    while let Some(first) = rest.chars().next() {
-        let is_digit = first.is_ascii_digit();
-        let end = rest
-            .find(|c: char| c.is_ascii_digit() != is_digit)
-            .unwrap_or(rest.len());
-        let (part, tail) = rest.split_at(end);
-        parts.push(match part.parse() {
-            Ok(number) if is_digit => VersionPart::Number(number),
-            _ => VersionPart::Text(part.to_owned()),
-        });
-        rest = tail;
-    }
-    parts
-}
-
-/// The release string of an x86 bzImage (boot protocol >= 2.00), e.g.
-/// `6.1.0-56-amd64`; `None` when the file is no bzImage.
-pub fn bzimage_version(path: &Path) -> Result<Option<String>, VmError> {
-    let mut header = vec![0u8; 0x10000];
-    let mut file = fs::File::open(path).map_err(|e| VmError::KernelNotFound {
-        reason: format!("cannot open {}: {e}", path.display()),
-    })?;
-    let mut filled = 0;
-    loop {
-        match file.read(&mut header[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) => {
-                return Err(VmError::KernelNotFound {
-                    reason: format!("cannot read {}: {e}", path.display()),
-                });
-            }
-        }
-        if filled == header.len() {
-            break;
-        }
-    }
-    let header = &header[..filled];
-    if header.get(0x202..0x206) != Some(b"HdrS") {
-        return Ok(None);
-    }
-    let Some(offset) = header
-        .get(0x20e..0x210)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    else {
-        return Ok(None);
-    };
-    let start = 0x200 + offset;
-    let Some(text) = header.get(start..) else {
-        return Ok(None);
-    };
-    let text = &text[..text.iter().position(|&b| b == 0).unwrap_or(text.len())];
-    Ok(std::str::from_utf8(text)
-        .ok()
-        .and_then(|text| text.split_whitespace().next())
-        .map(str::to_owned))
-}
 
 /// One module to put in the archive, in load order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -582,24 +467,11 @@ mod tests {
     }
 
     #[test]
-    fn versions_sort_numerically() {
-        assert!(version_key("6.1.0-10-amd64") > version_key("6.1.0-9-amd64"));
-        assert!(version_key("6.10.0") > version_key("6.9.12"));
-    }
-
-    #[test]
     fn module_names_drop_paths_and_suffixes() {
         assert_eq!(module_name("kernel/fs/ext4/ext4.ko.xz"), "ext4");
         assert_eq!(
             module_name("kernel/drivers/char/hw_random/virtio-rng.ko"),
             "virtio_rng"
         );
-    }
-
-    #[test]
-    fn a_garbage_kernel_has_no_version() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        fs::write(file.path(), b"this is not a kernel").unwrap();
-        assert_eq!(bzimage_version(file.path()).unwrap(), None);
     }
 }

@@ -11,13 +11,15 @@ mod accel;
 mod config;
 mod disks;
 mod initramfs;
+mod kernel;
 mod qmp;
 mod runner;
 
 pub use accel::{ACCEL_ENV, AccelChoice, resolve_accel};
 pub use config::{Accel, KernelChoice, VmJob, VmTimeouts};
 pub use disks::{cached_image_disk, extract_output, make_ext4};
-pub use initramfs::{InitramfsContents, Kernel, Module, cached_initramfs, newest_boot_kernel};
+pub use initramfs::{InitramfsContents, Module, cached_initramfs};
+pub use kernel::{Kernel, bootable_kernel, newest_boot_kernel};
 pub use qmp::{QmpClient, QmpEvent, QmpMessage, Shutdown, VmAction, parse_line};
 pub use runner::{Phase, VmOutcome, VmRun, VmTimings, run_job};
 

@@ -17,7 +17,8 @@ use super::accel::{AccelChoice, resolve_accel};
 use super::disks::{
     WorkspaceFiles, build_workspace_disk, cached_image_disk, create_output_disk, extract_output,
 };
-use super::initramfs::{Kernel, cached_initramfs};
+use super::initramfs::cached_initramfs;
+use super::kernel::{Kernel, bootable_kernel};
 use super::qmp::{QmpClient, QmpEvent, Shutdown, VmAction};
 use super::{Accel, VmError, VmJob};
 
@@ -126,6 +127,11 @@ where
         move || cached_initramfs(&kernel, &cache_dir)
     })
     .await?;
+    let boot_kernel = blocking({
+        let (kernel, cache_dir) = (kernel.clone(), cache_dir.to_path_buf());
+        move || bootable_kernel(&kernel, &cache_dir)
+    })
+    .await?;
     let image = blocking({
         let (cache_dir, root, digest) = (
             cache_dir.to_path_buf(),
@@ -135,14 +141,32 @@ where
         move || cached_image_disk(&cache_dir, &root, &digest)
     })
     .await?;
-    let accel = resolve_accel(job.accel, &qemu, &kernel, &initramfs, cache_dir).await?;
+    let accel = resolve_accel(
+        job.accel,
+        &qemu,
+        &kernel,
+        &boot_kernel,
+        &initramfs,
+        cache_dir,
+    )
+    .await?;
     write_log(
         log,
         &format!(
-            "kiln: qemu microvm, accel={} ({}), kernel={}, {} MiB, {} cpu, network {}\n",
+            "kiln: qemu microvm, accel={} ({}), kernel={}{}, {} MiB, {} cpu, network {}\n",
             accel.accel.as_str(),
-            accel.reason,
+            accel
+                .reason
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; "),
             kernel.path.display(),
+            if boot_kernel == kernel.path {
+                ""
+            } else {
+                " (booted as PVH vmlinux)"
+            },
             job.memory_mib,
             job.cpus,
             if job.network { "on" } else { "off" },
@@ -186,7 +210,7 @@ where
         qemu: &qemu,
         job,
         accel: accel.accel,
-        kernel: &kernel.path,
+        kernel: &boot_kernel,
         initramfs: &initramfs,
         image: &image,
         workspace: &workspace_disk,
