@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, as "command:package".
-required=(git:git zstd:zstd qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mke2fs:e2fsprogs)
+required=(git:git zstd:zstd qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mke2fs:e2fsprogs xz:xz-utils)
 missing=()
 for pair in "${required[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

@@ -267,6 +267,7 @@ fn an_unbootable_kernel_fails_cleanly_within_the_boot_timeout() {
         job.timeouts.boot = Duration::from_secs(20);
         let started = Instant::now();
         let (run, log) = run(&job, &dir.path().join("cache"), &dir.path().join("upper")).await;
+        eprintln!("{log}");
         assert!(
             started.elapsed() < Duration::from_secs(40),
             "took {:?}",
@@ -330,4 +331,54 @@ async fn setup_failures_are_errors_in_the_log() {
     .unwrap_err();
     assert!(error.to_string().contains("no-such-kernel"), "{error}");
     assert!(String::from_utf8_lossy(&log).contains("no-such-kernel"));
+}
+
+#[test]
+fn a_guest_panic_is_a_clear_failure() {
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        busybox_image(&image);
+        let before = kiln_vm_dirs();
+        let mut job = job(
+            &image,
+            "echo before-the-panic\necho c > /proc/sysrq-trigger\nsleep 600\n",
+        );
+        job.accel = Accel::Tcg;
+        let (run, log) = run(&job, &dir.path().join("cache"), &dir.path().join("upper")).await;
+        eprintln!("{log}");
+        let VmOutcome::Failed { reason } = &run.outcome else {
+            panic!("{:?}\n{log}", run.outcome);
+        };
+        assert!(reason.contains("panic"), "{reason}");
+        assert!(log.contains("before-the-panic\n"), "{log}");
+        assert!(
+            log.contains("Kernel panic"),
+            "the panic is in the job log:\n{log}"
+        );
+        assert_no_vm_left(&before);
+    });
+}
+
+#[test]
+fn a_boot_timeout_is_timed_out_and_shows_the_console() {
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        busybox_image(&image);
+        let before = kiln_vm_dirs();
+        let mut job = job(&image, "echo never\n");
+        job.accel = Accel::Tcg;
+        // A TCG boot takes seconds: this deadline strikes mid-boot.
+        job.timeouts.boot = Duration::from_millis(700);
+        let (run, log) = run(&job, &dir.path().join("cache"), &dir.path().join("upper")).await;
+        assert_eq!(
+            run.outcome,
+            VmOutcome::TimedOut { phase: Phase::Boot },
+            "{log}"
+        );
+        assert!(log.contains("did not start the job within"), "{log}");
+        assert!(!log.contains("never"), "{log}");
+        assert_no_vm_left(&before);
+    });
 }

@@ -307,7 +307,10 @@ where
         }
         VmOutcome::Failed { reason } => {
             write_log(log, &format!("kiln: VM job failed: {reason}\n")).await?;
-            console.write_tail(log).await?;
+            // Once the job ran, its own part of the console tells the story.
+            if console.job_started_at.is_none() {
+                console.write_tail(log).await?;
+            }
         }
     }
     if outcome == VmOutcome::Killed {
@@ -442,7 +445,7 @@ impl Launch<'_> {
                 // TCG cannot calibrate the TSC against the microvm's PIT; tell
                 // the guest the host's rate, which TCG's TSC runs at.
                 if let Some(khz) = host_tsc_khz() {
-                    append.push_str(&format!(" tsc_early_khz={khz}"));
+                    append.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
                 }
                 ("tcg", "max")
             }
