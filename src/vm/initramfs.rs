@@ -53,10 +53,11 @@ impl InitramfsContents {
         let (modules, network_modules) = match &kernel.version {
             Some(version) => {
                 let dir = Path::new("/lib/modules").join(version);
+                let strip = signatures_optional(version);
                 if dir.join("modules.dep").is_file() {
                     (
-                        load_modules(&dir, MODULES, &[])?,
-                        load_modules(&dir, NETWORK_MODULES, MODULES)?,
+                        load_modules(&dir, MODULES, &[], strip)?,
+                        load_modules(&dir, NETWORK_MODULES, MODULES, strip)?,
                     )
                 } else {
                     // A kernel without modules here has to have its drivers built in.
@@ -200,38 +201,80 @@ enum Entry {
 }
 
 /// The initramfs for `kernel`, built once and kept in `cache_dir` by digest.
+///
+/// Gathering the contents to hash them costs more than a whole job's host
+/// side, so a reference file named by the inputs' metadata (paths, sizes,
+/// mtimes) points at the content digest of the archive built from them.
 pub fn cached_initramfs(kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf, VmError> {
-    let contents = InitramfsContents::for_kernel(kernel)?;
     let dir = cache_dir.join("initramfs");
-    let path = dir.join(format!("{}.cpio.gz", contents.digest()));
-    if path.is_file() {
-        return Ok(path);
+    let reference = dir.join(format!("{}.ref", inputs_key(kernel)));
+    if let Ok(digest) = fs::read_to_string(&reference) {
+        let path = dir.join(format!("{}.cpio.gz", digest.trim()));
+        if path.is_file() {
+            return Ok(path);
+        }
     }
+    let contents = InitramfsContents::for_kernel(kernel)?;
+    let digest = contents.digest();
+    let path = dir.join(format!("{digest}.cpio.gz"));
     let io = |e: std::io::Error| VmError::Initramfs {
         reason: format!("caching in {}: {e}", dir.display()),
     };
     fs::create_dir_all(&dir).map_err(io)?;
-    let archive = contents.archive()?;
+    if !path.is_file() {
+        let archive = contents.archive()?;
+        let mut temporary = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
+        temporary.write_all(&archive).map_err(io)?;
+        temporary.persist(&path).map_err(|e| io(e.error))?;
+    }
     let mut temporary = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-    temporary.write_all(&archive).map_err(io)?;
-    temporary.persist(&path).map_err(|e| io(e.error))?;
+    temporary.write_all(digest.as_bytes()).map_err(io)?;
+    temporary.persist(&reference).map_err(|e| io(e.error))?;
     Ok(path)
 }
 
-fn static_busybox() -> Result<Vec<u8>, VmError> {
-    let candidates = std::env::var_os("PATH")
+/// Names the inputs of the initramfs by metadata: a package update changes
+/// busybox's or modules.dep's size or mtime.
+fn inputs_key(kernel: &Kernel) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(FORMAT.as_bytes());
+    hasher.update(GUEST_INIT.as_bytes());
+    let version = kernel.version.clone().unwrap_or_default();
+    hasher.update(version.as_bytes());
+    let mut files: Vec<PathBuf> = busybox_candidates();
+    files.push(Path::new("/lib/modules").join(&version).join("modules.dep"));
+    files.push(Path::new("/boot").join(format!("config-{version}")));
+    for file in files {
+        hasher.update(file.as_os_str().as_encoded_bytes());
+        hasher.update(metadata_stamp(&file).as_bytes());
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Size and modification time, or nothing for a missing file.
+pub(crate) fn metadata_stamp(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path)
+        .map(|m| format!(":{}:{}.{}", m.len(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default()
+}
+
+fn busybox_candidates() -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path)
                 .map(|dir| dir.join("busybox"))
-                .collect::<Vec<_>>()
+                .collect()
         })
         .unwrap_or_default();
+    candidates.push(PathBuf::from("/bin/busybox"));
+    candidates
+}
+
+fn static_busybox() -> Result<Vec<u8>, VmError> {
     let mut seen_dynamic = None;
-    for candidate in candidates
-        .iter()
-        .map(PathBuf::as_path)
-        .chain([Path::new("/bin/busybox")])
-    {
+    for candidate in busybox_candidates() {
+        let candidate = candidate.as_path();
         let Ok(bytes) = fs::read(candidate) else {
             continue;
         };
@@ -283,7 +326,12 @@ fn is_static_elf(bytes: &[u8]) -> bool {
 
 /// The named modules and their dependencies, dependencies first, read from
 /// `modules.dep`; built-in modules and those in `skip` are left out.
-fn load_modules(dir: &Path, roots: &[&str], skip: &[&str]) -> Result<Vec<Module>, VmError> {
+fn load_modules(
+    dir: &Path,
+    roots: &[&str],
+    skip: &[&str],
+    strip_signatures: bool,
+) -> Result<Vec<Module>, VmError> {
     let read = |name: &str| {
         fs::read_to_string(dir.join(name)).map_err(|e| VmError::Initramfs {
             reason: format!("cannot read {}: {e}", dir.join(name).display()),
@@ -335,6 +383,11 @@ fn load_modules(dir: &Path, roots: &[&str], skip: &[&str]) -> Result<Vec<Module>
         .map(|name| {
             let (relative, _) = &table[&name];
             let bytes = read_module(&dir.join(relative))?;
+            let bytes = if strip_signatures {
+                strip_signature(bytes)
+            } else {
+                bytes
+            };
             Ok(Module { name, bytes })
         })
         .collect()
@@ -370,6 +423,42 @@ fn module_name(path: &str) -> String {
 
 fn normalise(name: &str) -> String {
     name.replace('-', "_")
+}
+
+/// Whether the kernel loads unsigned modules (its config does not set
+/// `MODULE_SIG_FORCE`). Unknown config: keep the signatures.
+fn signatures_optional(version: &str) -> bool {
+    fs::read_to_string(Path::new("/boot").join(format!("config-{version}"))).is_ok_and(|config| {
+        !config
+            .lines()
+            .any(|line| line == "CONFIG_MODULE_SIG_FORCE=y")
+    })
+}
+
+const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
+
+/// The module without its appended signature. Under TCG, checking the
+/// signatures (sha256 + RSA in emulated code) is most of what loading the
+/// modules costs; they come from the host's own /lib/modules, which the host
+/// trusts already. The kernel marks itself tainted, nothing more.
+fn strip_signature(mut module: Vec<u8>) -> Vec<u8> {
+    // struct module_signature: 12 bytes, the signature length big-endian last.
+    let Some(body) = module.len().checked_sub(SIGNATURE_MAGIC.len()) else {
+        return module;
+    };
+    if &module[body..] != SIGNATURE_MAGIC || body < 12 {
+        return module;
+    }
+    let length = u32::from_be_bytes([
+        module[body - 4],
+        module[body - 3],
+        module[body - 2],
+        module[body - 1],
+    ]);
+    if let Some(end) = (body - 12).checked_sub(length as usize) {
+        module.truncate(end);
+    }
+    module
 }
 
 /// A module file as the guest's busybox insmod can load it: uncompressed.
@@ -464,6 +553,18 @@ mod tests {
         assert!(names.contains(&"init".to_owned()));
         assert!(names.contains(&"dev/console".to_owned()));
         assert!(names.contains(&"lib/modules/virtio_ring.ko".to_owned()));
+    }
+
+    #[test]
+    fn signatures_are_cut_off_exactly() {
+        let mut signed = b"ELF module body".to_vec();
+        let signature = vec![7u8; 5];
+        signed.extend(&signature);
+        signed.extend([0, 0, 2, 0, 0, 0, 0, 0]);
+        signed.extend(5u32.to_be_bytes());
+        signed.extend(SIGNATURE_MAGIC);
+        assert_eq!(strip_signature(signed), b"ELF module body");
+        assert_eq!(strip_signature(b"unsigned".to_vec()), b"unsigned");
     }
 
     #[test]

@@ -130,20 +130,25 @@ pub fn bzimage_version(path: &Path) -> Result<Option<String>, VmError> {
 /// What QEMU should load for `kernel`: the cached PVH vmlinux extracted from
 /// it when that works, else the kernel file itself.
 pub fn bootable_kernel(kernel: &Kernel, cache_dir: &Path) -> Result<PathBuf, VmError> {
-    let bytes = fs::read(&kernel.path).map_err(|e| VmError::KernelNotFound {
-        reason: format!("cannot read {}: {e}", kernel.path.display()),
-    })?;
-    if is_pvh_elf(&bytes) {
-        return Ok(kernel.path.clone());
-    }
+    // Named by the kernel file's metadata: reading and hashing it on every
+    // job would cost more than the lookup saves.
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(kernel.path.as_os_str().as_encoded_bytes());
+    hasher.update(super::initramfs::metadata_stamp(&kernel.path).as_bytes());
+    let key = hasher.finalize().to_hex();
     let dir = cache_dir.join("kernels");
-    let digest = blake3::hash(&bytes).to_hex();
-    let vmlinux = dir.join(format!("{digest}.vmlinux"));
-    let unusable = dir.join(format!("{digest}.no-pvh"));
+    let vmlinux = dir.join(format!("{key}.vmlinux"));
+    let unusable = dir.join(format!("{key}.no-pvh"));
     if vmlinux.is_file() {
         return Ok(vmlinux);
     }
     if unusable.is_file() {
+        return Ok(kernel.path.clone());
+    }
+    let bytes = fs::read(&kernel.path).map_err(|e| VmError::KernelNotFound {
+        reason: format!("cannot read {}: {e}", kernel.path.display()),
+    })?;
+    if is_pvh_elf(&bytes) {
         return Ok(kernel.path.clone());
     }
     let io = |e: std::io::Error| VmError::Io {
