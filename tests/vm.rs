@@ -220,11 +220,20 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
             assert_eq!(std::fs::read_dir(cache.join("accel")).unwrap().count(), 1);
         }
         // One initramfs and one image disk, built once for both jobs.
-        assert_eq!(
-            std::fs::read_dir(cache.join("initramfs")).unwrap().count(),
-            1
-        );
-        assert_eq!(std::fs::read_dir(cache.join("images")).unwrap().count(), 1);
+        let count = |dir: &str, suffix: &str| {
+            std::fs::read_dir(cache.join(dir))
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .ends_with(suffix)
+                })
+                .count()
+        };
+        assert_eq!(count("initramfs", ".cpio.gz"), 1);
+        assert_eq!(count("images", ".ext4"), 1);
         assert_no_vm_left(&before);
     });
 }
