@@ -186,6 +186,11 @@ impl QmpClient {
             .map_err(|source| VmError::Qmp {
                 reason: format!("cannot connect to {}: {source}", socket.display()),
             })?;
+        QmpClient::handshake(stream).await
+    }
+
+    /// Reads the greeting on a connected socket and leaves negotiation mode.
+    pub async fn handshake(stream: UnixStream) -> Result<QmpClient, VmError> {
         let (read, writer) = stream.into_split();
         let mut client = QmpClient {
             lines: BufReader::new(read).lines(),

@@ -394,11 +394,17 @@ where
 
 /// Waits for QEMU's QMP socket and negotiates; fails when QEMU exits first.
 async fn connect(process: &mut QemuProcess) -> Result<QmpClient, String> {
+    use std::io::ErrorKind;
     loop {
-        if process.socket.exists() {
-            return QmpClient::connect(&process.socket)
-                .await
-                .map_err(|e| e.to_string());
+        // QEMU creates the socket file a moment before it listens on it.
+        match tokio::net::UnixStream::connect(&process.socket).await {
+            Ok(stream) => {
+                return QmpClient::handshake(stream)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
+            Err(e) => return Err(format!("cannot connect to QMP: {e}")),
         }
         if let Ok(Some(status)) = process.child.try_wait() {
             return Err(format!(
