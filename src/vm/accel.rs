@@ -158,42 +158,61 @@ async fn probe_kvm(qemu: &Path, kernel: &Path, initramfs: &Path) -> AccelChoice 
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    let child = match command.spawn() {
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return choice(Accel::Tcg, &format!("cannot start the KVM probe: {e}")),
     };
-    match tokio::time::timeout(PROBE_DEADLINE, child.wait_with_output()).await {
-        // A panicking guest also ends QEMU cleanly (-no-reboot): only the
-        // marker printed by the guest's init proves a boot.
-        Ok(Ok(output))
-            if output.status.success() && contains(&output.stdout, b"@@kiln-probe-ok@@") =>
-        {
-            choice(
-                Accel::Kvm,
+    let stdout = read_pipe(child.stdout.take());
+    let stderr = read_pipe(child.stderr.take());
+    let status = match tokio::time::timeout(PROBE_DEADLINE, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return choice(Accel::Tcg, &format!("the KVM probe failed: {e}")),
+        Err(_) => {
+            // A hung guest: end it before giving the verdict, no process left.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return choice(
+                Accel::Tcg,
                 &format!(
-                    "a KVM guest powered off after {:.2} s",
-                    started.elapsed().as_secs_f64()
+                    "a KVM guest did not boot within {} s",
+                    PROBE_DEADLINE.as_secs()
                 ),
-            )
+            );
         }
-        Ok(Ok(output)) => choice(
-            Accel::Tcg,
+    };
+    let stdout = stdout.await.unwrap_or_default();
+    let stderr = stderr.await.unwrap_or_default();
+    // A panicking guest also ends QEMU cleanly (-no-reboot): only the marker
+    // printed by the guest's init proves a boot.
+    if status.success() && contains(&stdout, b"@@kiln-probe-ok@@") {
+        return choice(
+            Accel::Kvm,
             &format!(
-                "the KVM probe failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
+                "a KVM guest powered off after {:.2} s",
+                started.elapsed().as_secs_f64()
             ),
-        ),
-        Ok(Err(e)) => choice(Accel::Tcg, &format!("the KVM probe failed: {e}")),
-        // Dropping the future kills the probe (kill_on_drop).
-        Err(_) => choice(
-            Accel::Tcg,
-            &format!(
-                "a KVM guest did not boot within {} s",
-                PROBE_DEADLINE.as_secs()
-            ),
-        ),
+        );
     }
+    choice(
+        Accel::Tcg,
+        &format!(
+            "the KVM probe failed ({status}): {}",
+            String::from_utf8_lossy(&stderr).trim()
+        ),
+    )
+}
+
+fn read_pipe<R>(pipe: Option<R>) -> tokio::task::JoinHandle<Vec<u8>>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut bytes).await;
+        }
+        bytes
+    })
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
