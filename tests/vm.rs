@@ -323,23 +323,52 @@ fn a_kill_ends_the_vm() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn setup_failures_are_errors_in_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut job = job(&dir.path().join("no-such-image"), "true\n");
-    job.kernel = KernelChoice::Path(dir.path().join("no-such-kernel"));
+async fn setup_error(job: &VmJob, dir: &Path) -> (String, String) {
     let mut log = Vec::new();
-    let error = run_job(
-        &job,
-        &dir.path().join("cache"),
-        &dir.path().join("upper"),
+    let result = run_job(
+        job,
+        &dir.join("cache"),
+        &dir.join("upper"),
         &mut log,
         std::future::pending(),
     )
-    .await
-    .unwrap_err();
-    assert!(error.to_string().contains("no-such-kernel"), "{error}");
-    assert!(String::from_utf8_lossy(&log).contains("no-such-kernel"));
+    .await;
+    let error = result.expect_err("the job cannot be set up").to_string();
+    (error, String::from_utf8_lossy(&log).into_owned())
+}
+
+#[test]
+fn setup_failures_are_errors_in_the_log() {
+    // Under the VM lock: it changes PATH, which the other tests read.
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        busybox_image(&image);
+
+        let mut no_kernel = job(&image, "true\n");
+        no_kernel.kernel = KernelChoice::Path(dir.path().join("no-such-kernel"));
+        let (error, log) = setup_error(&no_kernel, dir.path()).await;
+        assert!(error.contains("no-such-kernel"), "{error}");
+        assert!(log.contains("no-such-kernel"), "{log}");
+
+        let no_image = job(&dir.path().join("no-such-image"), "true\n");
+        let (error, log) = setup_error(&no_image, dir.path()).await;
+        assert!(
+            error.contains("cannot build a disk image") && error.contains("no-such-image"),
+            "{error}"
+        );
+        assert!(log.contains("no-such-image"), "{log}");
+
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        // SAFETY: no other thread of this test binary reads the environment
+        // while the VM lock is held (every other test takes it first).
+        unsafe { std::env::set_var("PATH", dir.path()) };
+        let (error, log) = setup_error(&job(&image, "true\n"), dir.path()).await;
+        // SAFETY: as above.
+        unsafe { std::env::set_var("PATH", path) };
+        assert!(error.contains("qemu-system-x86_64 not found"), "{error}");
+        assert!(log.contains("apt-get install qemu-system-x86"), "{log}");
+    });
 }
 
 #[test]
