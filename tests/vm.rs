@@ -3,7 +3,7 @@
 //! into few VM runs, and the tests take turns (one VM at a time).
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -125,13 +125,22 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
         std::fs::write(base.join("keep.txt"), "kept from the base layer\n").unwrap();
         std::fs::write(base.join("gone.txt"), "deleted by the first job\n").unwrap();
         std::fs::write(base.join("sub/deep.txt"), "deep\n").unwrap();
+        std::fs::create_dir_all(base.join("old/inner")).unwrap();
+        std::fs::write(base.join("old/inner/file"), "old\n").unwrap();
+        std::fs::create_dir_all(base.join("read-only")).unwrap();
+        std::fs::write(base.join("read-only/file"), "from a read-only dir\n").unwrap();
+        std::fs::set_permissions(
+            base.join("read-only"),
+            std::fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
         let before = kiln_vm_dirs();
         let accel_from_env = std::env::var_os("KILN_QEMU_ACCEL").is_some();
 
         // First job: writes, deletes, reports its environment and hostname.
         let mut first = job(
             &image,
-            "echo made-in-vm > made.txt\nrm gone.txt\nenv | sort > env.txt\nhostname > host.txt\n\
+            "echo made-in-vm > made.txt\nrm gone.txt\nrm -r old\nenv | sort > env.txt\nhostname > host.txt\n\
              ls -A /tmp | wc -l > tmp-count.txt\npwd > pwd.txt\ncat keep.txt\necho to-stderr >&2\n",
         );
         first.lower_dirs = vec![base.clone()];
@@ -179,6 +188,11 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
             whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
             "gone.txt is no whiteout"
         );
+        let whiteout = std::fs::symlink_metadata(first_upper.join("old")).unwrap();
+        assert!(
+            whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
+            "a deleted directory is a whiteout too"
+        );
         assert!(
             !first_upper.join("keep.txt").exists(),
             "an untouched lower file is no part of the upper layer"
@@ -193,7 +207,7 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
         // Second job: sees the first job's layer above the base, deletion included.
         let mut second = job(
             &image,
-            "cat made.txt\ntest ! -e gone.txt && echo gone-is-gone\ncat sub/deep.txt\necho bye > bye.txt\nexit 7\n",
+            "cat made.txt\ntest ! -e gone.txt && echo gone-is-gone\ncat sub/deep.txt\ntest ! -e old && echo old-is-gone\ncat read-only/file\necho bye > bye.txt\nexit 7\n",
         );
         second.lower_dirs = vec![base.clone(), first_upper.clone()];
         let second_upper = dir.path().join("second-upper");
@@ -206,7 +220,10 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
             },
             "{log2}"
         );
-        assert!(log2.contains("made-in-vm\ngone-is-gone\ndeep\n"), "{log2}");
+        assert!(
+            log2.contains("made-in-vm\ngone-is-gone\ndeep\nold-is-gone\nfrom a read-only dir\n"),
+            "{log2}"
+        );
         assert_eq!(
             std::fs::read_to_string(second_upper.join("bye.txt")).unwrap(),
             "bye\n"

@@ -189,7 +189,6 @@ fn link_tree(source: &Path, target: &Path) -> Result<(), VmError> {
         });
     }
     fs::create_dir_all(target).map_err(|e| disk_error(target, e))?;
-    fs::set_permissions(target, metadata.permissions()).map_err(|e| disk_error(target, e))?;
     for entry in fs::read_dir(source).map_err(|e| disk_error(source, e))? {
         let entry = entry.map_err(|e| disk_error(source, e))?;
         let from = entry.path();
@@ -204,6 +203,8 @@ fn link_tree(source: &Path, target: &Path) -> Result<(), VmError> {
             copy_node(&from, &to)?;
         }
     }
+    // Last: a read-only directory must first receive its entries.
+    fs::set_permissions(target, metadata.permissions()).map_err(|e| disk_error(target, e))?;
     Ok(())
 }
 

@@ -120,6 +120,7 @@ where
 {
     let started = Instant::now();
     validate(job)?;
+    check_upper_dir(upper_dir)?;
     let qemu = find_in_path("qemu-system-x86_64").ok_or(VmError::QemuNotFound)?;
     let kernel = Kernel::resolve(&job.kernel)?;
     let initramfs = blocking({
@@ -830,6 +831,17 @@ fn validate(job: &VmJob) -> Result<(), VmError> {
     }
     if job.script.contains('\0') {
         return invalid("the script holds a NUL byte".to_owned());
+    }
+    Ok(())
+}
+
+/// The upper layer lands in a fresh directory: absent, or empty.
+fn check_upper_dir(upper_dir: &Path) -> Result<(), VmError> {
+    let occupied = std::fs::read_dir(upper_dir).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        return Err(VmError::InvalidJob {
+            reason: format!("the upper directory {} is not empty", upper_dir.display()),
+        });
     }
     Ok(())
 }
