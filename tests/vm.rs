@@ -111,6 +111,23 @@ fn assert_no_vm_left(before: &BTreeSet<PathBuf>) {
     assert!(ours.is_empty(), "QEMU still running: {ours:?}");
 }
 
+/// The `trusted.overlay.opaque` attribute of `dir`, if any.
+fn opaque_marker(dir: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let mut value = [0u8; 16];
+    // SAFETY: NUL-terminated strings and a buffer whose length is passed.
+    let length = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    (length >= 0).then(|| value[..length as usize].to_vec())
+}
+
 #[test]
 fn layers_env_hostname_whiteouts_and_exit_codes() {
     one_vm_at_a_time(async {
@@ -127,6 +144,8 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
         std::fs::write(base.join("sub/deep.txt"), "deep\n").unwrap();
         std::fs::create_dir_all(base.join("old/inner")).unwrap();
         std::fs::write(base.join("old/inner/file"), "old\n").unwrap();
+        std::fs::create_dir_all(base.join("rebuilt")).unwrap();
+        std::fs::write(base.join("rebuilt/stale.txt"), "stale\n").unwrap();
         std::fs::create_dir_all(base.join("read-only")).unwrap();
         std::fs::write(base.join("read-only/file"), "from a read-only dir\n").unwrap();
         std::fs::set_permissions(
@@ -140,7 +159,7 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
         // First job: writes, deletes, reports its environment and hostname.
         let mut first = job(
             &image,
-            "echo made-in-vm > made.txt\nrm gone.txt\nrm -r old\nenv | sort > env.txt\nhostname > host.txt\n\
+            "echo made-in-vm > made.txt\nrm gone.txt\nrm -r old\nrm -r rebuilt\nmkdir rebuilt\necho fresh > rebuilt/new.txt\nenv | sort > env.txt\nhostname > host.txt\n\
              ls -A /tmp | wc -l > tmp-count.txt\npwd > pwd.txt\ncat keep.txt\necho to-stderr >&2\n",
         );
         first.lower_dirs = vec![base.clone()];
@@ -193,6 +212,11 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
             whiteout.file_type().is_char_device() && whiteout.rdev() == 0,
             "a deleted directory is a whiteout too"
         );
+        assert_eq!(
+            opaque_marker(&first_upper.join("rebuilt")),
+            Some(b"y".to_vec())
+        );
+        assert_eq!(opaque_marker(&first_upper.join("sub")), None);
         assert!(
             !first_upper.join("keep.txt").exists(),
             "an untouched lower file is no part of the upper layer"
@@ -207,7 +231,7 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
         // Second job: sees the first job's layer above the base, deletion included.
         let mut second = job(
             &image,
-            "cat made.txt\ntest ! -e gone.txt && echo gone-is-gone\ncat sub/deep.txt\ntest ! -e old && echo old-is-gone\ncat read-only/file\necho bye > bye.txt\nexit 7\n",
+            "cat made.txt\ntest ! -e gone.txt && echo gone-is-gone\ncat sub/deep.txt\ntest ! -e old && echo old-is-gone\ncat read-only/file\nls -1 rebuilt\necho bye > bye.txt\nexit 7\n",
         );
         second.lower_dirs = vec![base.clone(), first_upper.clone()];
         let second_upper = dir.path().join("second-upper");
@@ -221,7 +245,9 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
             "{log2}"
         );
         assert!(
-            log2.contains("made-in-vm\ngone-is-gone\ndeep\nold-is-gone\nfrom a read-only dir\n"),
+            log2.contains(
+                "made-in-vm\ngone-is-gone\ndeep\nold-is-gone\nfrom a read-only dir\nnew.txt\n"
+            ),
             "{log2}"
         );
         assert_eq!(

@@ -203,6 +203,10 @@ fn link_tree(source: &Path, target: &Path) -> Result<(), VmError> {
             copy_node(&from, &to)?;
         }
     }
+    // Directories are made anew, not linked: carry the opaque marker over.
+    if is_opaque(source) {
+        mark_opaque(target)?;
+    }
     // Last: a read-only directory must first receive its entries.
     fs::set_permissions(target, metadata.permissions()).map_err(|e| disk_error(target, e))?;
     Ok(())
@@ -234,6 +238,49 @@ pub fn make_whiteout(path: &Path) -> Result<(), VmError> {
     })
 }
 
+/// Marks `dir` as an overlayfs opaque directory: lower layers' entries under
+/// it are hidden, as after `rm -r dir; mkdir dir` in an overlay mount.
+pub fn mark_opaque(dir: &Path) -> Result<(), VmError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let fail = |reason: String| VmError::Output {
+        reason: format!("{}: cannot mark opaque: {reason}", dir.display()),
+    };
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(|e| fail(e.to_string()))?;
+    let name = OPAQUE;
+    // SAFETY: both strings are NUL-terminated and outlive the call; the value
+    // pointer and length describe a live one-byte buffer.
+    let result =
+        unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    if result != 0 {
+        return Err(fail(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(())
+}
+
+/// Whether `dir` carries the overlayfs opaque marker.
+pub fn is_opaque(dir: &Path) -> bool {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut value = [0u8; 4];
+    // SAFETY: NUL-terminated strings that outlive the call; the buffer
+    // pointer and length describe a live buffer.
+    let length = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            OPAQUE.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    length == 1 && value[0] == b'y'
+}
+
+const OPAQUE: &std::ffi::CStr = c"trusted.overlay.opaque";
+
 /// A sparse raw disk the guest writes the job's output to.
 pub fn create_output_disk(run_dir: &Path, limit_mib: u32) -> Result<PathBuf, VmError> {
     let path = run_dir.join("output.raw");
@@ -259,6 +306,7 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
     let file = fs::File::open(disk).map_err(|e| bad(e.to_string()))?;
     let mut reader = BufReader::new(file);
     let mut exit_code = None;
+    let mut opaque: Vec<String> = Vec::new();
     let mut directories: Vec<(PathBuf, u32)> = Vec::new();
     // Hard links: busybox cpio stores the data with the last name of an inode.
     let mut pending_links: HashMap<u32, Vec<PathBuf>> = HashMap::new();
@@ -280,6 +328,13 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
             .read_to_end(&mut data)
             .map_err(|e| bad(format!("{name}: {e}")))?;
         reader = entry.finish().map_err(|e| bad(format!("{name}: {e}")))?;
+        if name == "opaque" {
+            opaque = String::from_utf8_lossy(&data)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            continue;
+        }
         if name == "status" {
             let text = String::from_utf8_lossy(&data);
             exit_code = Some(
@@ -326,6 +381,15 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
     for (_, paths) in pending_links {
         for path in paths {
             fs::write(&path, []).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        }
+    }
+    for directory in &opaque {
+        let Some(relative) = upper_relative(&format!("upper/{directory}")) else {
+            return Err(bad(format!("unexpected opaque directory {directory:?}")));
+        };
+        let path = upper_dir.join(relative);
+        if path.is_dir() {
+            mark_opaque(&path)?;
         }
     }
     // Last, and deepest first, so read-only directories do not block their contents.

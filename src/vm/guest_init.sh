@@ -92,9 +92,31 @@ echo "@@kiln-job-end-$nonce@@ $status"
 
 # Nothing the job started may write to the upper layer while it is captured.
 kill -9 -1 2>/dev/null
-umount -l "/newroot$workspace"
+
+# Opaque directories (deleted and made anew by the job) carry an xattr that
+# busybox cannot read. A directory of the upper layer is opaque when an entry
+# of the lower layers under it is neither visible in the merged view nor
+# whited out in the upper layer: list those for the host to mark.
+case "$lowerdirs" in
+    *:*) mkdir -p /mnt/lowers && mount -t overlay -o "lowerdir=$lowerdirs" lowers /mnt/lowers && lowers=/mnt/lowers ;;
+    *) lowers=$lowerdirs ;;
+esac
+merged="/newroot$workspace"
+cd /mnt/rw/job/upper && find . -mindepth 1 -type d | while read -r dir; do
+    [ -d "$lowers/$dir" ] || continue
+    for entry in "$lowers/$dir"/* "$lowers/$dir"/.[!.]* "$lowers/$dir"/..?*; do
+        [ -e "$entry" ] || [ -L "$entry" ] || continue
+        name=${entry##*/}
+        [ -e "$merged/$dir/$name" ] || [ -L "$merged/$dir/$name" ] || [ -c "$dir/$name" ] || {
+            echo "${dir#./}"
+            break
+        }
+    done
+done > /mnt/rw/job/opaque
+cd /
+umount -l "$merged"
 echo "$status" > /mnt/rw/job/status
-cd /mnt/rw/job && { echo status; find upper; } | cpio -o -H newc > "$disk_out" 2>/dev/null \
+cd /mnt/rw/job && { echo status; echo opaque; find upper; } | cpio -o -H newc > "$disk_out" 2>/dev/null \
     || echo "@@kiln-output-failed-$nonce@@"
 sync
 poweroff -f
