@@ -9,9 +9,11 @@
 
 mod accel;
 mod config;
+mod console;
 mod disks;
 mod initramfs;
 mod kernel;
+mod launch;
 mod qmp;
 mod runner;
 

@@ -1,26 +1,22 @@
 //! One job, one VM: prepare disks, launch QEMU paused, start it over QMP,
 //! follow the console, end it, read the output back, clean up.
 
-use std::collections::VecDeque;
 use std::future::Future;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::process::{Child, Command};
 
 use super::accel::{AccelChoice, resolve_accel};
+use super::console::{Console, log_error, write_log};
 use super::disks::{
     WorkspaceFiles, build_workspace_disk, cached_image_disk, create_output_disk, extract_output,
 };
 use super::initramfs::cached_initramfs;
 use super::kernel::{Kernel, bootable_kernel};
-use super::qmp::{QmpClient, QmpEvent, Shutdown, VmAction};
-use super::{Accel, VmError, VmJob};
+use super::launch::{Launch, QemuProcess, connect, describe_exit};
+use super::qmp::{QmpEvent, Shutdown, VmAction};
+use super::{VmError, VmJob};
 
 /// Where a timeout struck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,11 +70,7 @@ pub struct VmRun {
     pub timings: VmTimings,
 }
 
-/// How long QEMU may take to exit after power-off or `quit` before it is killed.
-const EXIT_GRACE: Duration = Duration::from_secs(5);
 const CONSOLE_POLL: Duration = Duration::from_millis(20);
-/// Boot console lines kept for the log when the boot fails.
-const CONSOLE_TAIL: usize = 60;
 
 /// Runs `job` in a fresh microVM.
 ///
@@ -393,369 +385,6 @@ where
     ending
 }
 
-/// Waits for QEMU's QMP socket and negotiates; fails when QEMU exits first.
-async fn connect(process: &mut QemuProcess) -> Result<QmpClient, String> {
-    use std::io::ErrorKind;
-    loop {
-        // QEMU creates the socket file a moment before it listens on it.
-        match tokio::net::UnixStream::connect(&process.socket).await {
-            Ok(stream) => {
-                return QmpClient::handshake(stream)
-                    .await
-                    .map_err(|e| e.to_string());
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
-            Err(e) => return Err(format!("cannot connect to QMP: {e}")),
-        }
-        if let Ok(Some(status)) = process.child.try_wait() {
-            return Err(format!(
-                "QEMU exited before opening its QMP socket ({status})"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn describe_exit(status: Option<std::process::ExitStatus>, run_dir: &Path) -> String {
-    let stderr = std::fs::read_to_string(run_dir.join("qemu.stderr")).unwrap_or_default();
-    let stderr = stderr.trim();
-    match (status, stderr.is_empty()) {
-        (_, false) => format!("; QEMU said: {stderr}"),
-        (Some(status), true) => format!("; QEMU exited with {status}"),
-        (None, true) => String::new(),
-    }
-}
-
-struct Launch<'a> {
-    qemu: &'a Path,
-    job: &'a VmJob,
-    accel: Accel,
-    kernel: &'a Path,
-    initramfs: &'a Path,
-    image: &'a Path,
-    workspace: &'a Path,
-    output: &'a Path,
-    run_dir: &'a Path,
-    nonce: &'a str,
-}
-
-impl Launch<'_> {
-    fn arguments(&self) -> Vec<String> {
-        let path = |p: &Path| p.to_string_lossy().into_owned();
-        let mut append = format!(
-            "console=ttyS0 reboot=t panic=-1 edd=off rdinit=/init kiln.nonce={}",
-            self.nonce
-        );
-        let (accel, cpu) = match self.accel {
-            Accel::Kvm => ("kvm", "host"),
-            _ => {
-                // TCG cannot calibrate the TSC against the microvm's PIT; tell
-                // the guest the host's rate, which TCG's TSC runs at.
-                if let Some(khz) = host_tsc_khz() {
-                    append.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
-                }
-                ("tcg", "max")
-            }
-        };
-        if self.job.network {
-            append.push_str(" kiln.net=1");
-        }
-        let mut args: Vec<String> = [
-            "-M",
-            "microvm",
-            "-accel",
-            accel,
-            "-cpu",
-            cpu,
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-no-reboot",
-            "-S",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        args.extend([
-            "-m".to_owned(),
-            self.job.memory_mib.to_string(),
-            "-smp".to_owned(),
-            self.job.cpus.to_string(),
-        ]);
-        args.extend([
-            "-qmp".to_owned(),
-            format!(
-                "unix:{},server=on,wait=off",
-                path(&self.run_dir.join("qmp.sock"))
-            ),
-        ]);
-        args.extend([
-            "-kernel".to_owned(),
-            path(self.kernel),
-            "-initrd".to_owned(),
-            path(self.initramfs),
-        ]);
-        args.extend(["-append".to_owned(), append]);
-        args.extend([
-            "-chardev".to_owned(),
-            format!(
-                "file,id=console,path={}",
-                path(&self.run_dir.join("console.log"))
-            ),
-            "-serial".to_owned(),
-            "chardev:console".to_owned(),
-        ]);
-        for (id, file, readonly) in [
-            ("kimage", self.image, true),
-            ("kwork", self.workspace, true),
-            ("kout", self.output, false),
-        ] {
-            args.extend([
-                "-drive".to_owned(),
-                format!(
-                    "id={id},file={},format=raw,if=none,readonly={}",
-                    path(file).replace(',', ",,"),
-                    if readonly { "on" } else { "off" }
-                ),
-                "-device".to_owned(),
-                format!("virtio-blk-device,drive={id},serial={id}"),
-            ]);
-        }
-        if self.job.network {
-            args.extend(
-                [
-                    "-netdev",
-                    "user,id=net",
-                    "-device",
-                    "virtio-net-device,netdev=net",
-                ]
-                .map(str::to_owned),
-            );
-        }
-        args
-    }
-
-    fn spawn(&self) -> Result<QemuProcess, VmError> {
-        let stderr = std::fs::File::create(self.run_dir.join("qemu.stderr")).map_err(|source| {
-            VmError::Io {
-                context: "creating QEMU's stderr file".to_owned(),
-                source,
-            }
-        })?;
-        let child = Command::new(self.qemu)
-            .args(self.arguments())
-            .current_dir(self.run_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .process_group(0)
-            .spawn()
-            .map_err(|e| VmError::Launch {
-                reason: format!("{}: {e}", self.qemu.display()),
-            })?;
-        Ok(QemuProcess {
-            child,
-            socket: self.run_dir.join("qmp.sock"),
-        })
-    }
-}
-
-/// The QEMU process, leader of its own process group. Dropping it kills the
-/// group, so an early return or a panic leaves no VM behind.
-struct QemuProcess {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl QemuProcess {
-    /// Waits for QEMU to exit, killing it after a grace period.
-    async fn finish(&mut self) -> Option<std::process::ExitStatus> {
-        if let Ok(Ok(status)) = tokio::time::timeout(EXIT_GRACE, self.child.wait()).await {
-            return Some(status);
-        }
-        self.kill_group();
-        self.child.wait().await.ok()
-    }
-
-    fn kill_group(&self) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            // The group may be gone already; nothing else to do then.
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for QemuProcess {
-    fn drop(&mut self) {
-        self.kill_group();
-    }
-}
-
-/// Follows the serial console QEMU writes to a file: the boot part is kept
-/// for diagnosis, the part between the job markers goes to the log.
-struct Console {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    partial: Vec<u8>,
-    state: ConsoleState,
-    start_marker: String,
-    end_marker: String,
-    setup_failed_marker: String,
-    output_failed_marker: String,
-    tail: VecDeque<String>,
-    /// The last job line, held back: the guest ends the job's output with a
-    /// newline of its own, dropped when the job's output already ended in one.
-    held: Option<String>,
-    job_started_at: Option<Instant>,
-    job_ended_at: Option<Instant>,
-    guest_uptime_at_start: Option<Duration>,
-    setup_failure: Option<String>,
-    output_failed: bool,
-    panic_seen: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ConsoleState {
-    Boot,
-    Job,
-    Done,
-}
-
-impl Console {
-    fn new(path: PathBuf, nonce: &str) -> Console {
-        Console {
-            path,
-            file: None,
-            partial: Vec::new(),
-            state: ConsoleState::Boot,
-            start_marker: format!("@@kiln-job-start-{nonce}@@"),
-            end_marker: format!("@@kiln-job-end-{nonce}@@"),
-            setup_failed_marker: format!("@@kiln-setup-failed-{nonce}@@"),
-            output_failed_marker: format!("@@kiln-output-failed-{nonce}@@"),
-            tail: VecDeque::new(),
-            held: None,
-            job_started_at: None,
-            job_ended_at: None,
-            guest_uptime_at_start: None,
-            setup_failure: None,
-            output_failed: false,
-            panic_seen: false,
-        }
-    }
-
-    async fn poll<W: AsyncWrite + Unpin>(&mut self, log: &mut W) -> Result<(), VmError> {
-        if self.file.is_none() {
-            self.file = std::fs::File::open(&self.path).ok();
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Ok(());
-        };
-        let mut fresh = Vec::new();
-        file.read_to_end(&mut fresh).map_err(|source| VmError::Io {
-            context: format!("reading the console {}", self.path.display()),
-            source,
-        })?;
-        self.partial.extend_from_slice(&fresh);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..end]);
-            let line = line.strip_suffix('\r').unwrap_or(&line).to_owned();
-            self.line(line, log).await?;
-        }
-        Ok(())
-    }
-
-    async fn line<W: AsyncWrite + Unpin>(
-        &mut self,
-        line: String,
-        log: &mut W,
-    ) -> Result<(), VmError> {
-        if line.contains("Kernel panic") {
-            self.panic_seen = true;
-        }
-        match self.state {
-            ConsoleState::Boot => {
-                if let Some(rest) = line.strip_prefix(&self.start_marker) {
-                    self.state = ConsoleState::Job;
-                    self.job_started_at = Some(Instant::now());
-                    self.guest_uptime_at_start = rest
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                        .and_then(|s| Duration::try_from_secs_f64(s).ok());
-                } else if let Some(rest) = line.strip_prefix(&self.setup_failed_marker) {
-                    self.setup_failure = Some(rest.trim().to_owned());
-                    self.keep(line);
-                } else {
-                    self.keep(line);
-                }
-            }
-            ConsoleState::Job => {
-                if line.starts_with(&self.end_marker) {
-                    self.state = ConsoleState::Done;
-                    self.job_ended_at = Some(Instant::now());
-                    if let Some(held) = self.held.take().filter(|held| !held.is_empty()) {
-                        write_log(log, &format!("{held}\n")).await?;
-                    }
-                } else if let Some(held) = self.held.replace(line) {
-                    write_log(log, &format!("{held}\n")).await?;
-                }
-            }
-            ConsoleState::Done => {
-                if line.starts_with(&self.output_failed_marker) {
-                    self.output_failed = true;
-                }
-                self.keep(line);
-            }
-        }
-        Ok(())
-    }
-
-    fn keep(&mut self, line: String) {
-        if self.tail.len() == CONSOLE_TAIL {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
-    }
-
-    /// Flushes a job's output cut short (timeout, kill, panic).
-    async fn finish<W: AsyncWrite + Unpin>(&mut self, log: &mut W) -> Result<(), VmError> {
-        if self.state == ConsoleState::Job {
-            if let Some(held) = self.held.take() {
-                write_log(log, &format!("{held}\n")).await?;
-            }
-            if !self.partial.is_empty() {
-                let rest = String::from_utf8_lossy(&self.partial).into_owned();
-                self.partial.clear();
-                write_log(log, &format!("{rest}\n")).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn write_tail<W: AsyncWrite + Unpin>(&self, log: &mut W) -> Result<(), VmError> {
-        if self.tail.is_empty() {
-            return write_log(log, "kiln: the guest console is empty\n").await;
-        }
-        write_log(log, "kiln: last lines of the guest console:\n").await?;
-        for line in &self.tail {
-            write_log(log, &format!("  | {line}\n")).await?;
-        }
-        Ok(())
-    }
-}
-
-async fn write_log<W: AsyncWrite + Unpin>(log: &mut W, text: &str) -> Result<(), VmError> {
-    log.write_all(text.as_bytes()).await.map_err(log_error)
-}
-
-fn log_error(source: std::io::Error) -> VmError {
-    VmError::Io {
-        context: "writing the job log".to_owned(),
-        source,
-    }
-}
-
 async fn blocking<T, F>(work: F) -> Result<T, VmError>
 where
     F: FnOnce() -> Result<T, VmError> + Send + 'static,
@@ -857,20 +486,6 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
         })
 }
 
-/// The host's TSC rate, which TCG's guest TSC follows.
-fn host_tsc_khz() -> Option<u64> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0).round() as u64).filter(|&khz| khz > 0)
-}
-
 /// Marks this run's console lines; not secret, only unlikely to be printed
 /// by accident.
 fn nonce() -> String {
@@ -907,31 +522,5 @@ mod tests {
         let mut job = VmJob::new("/i".into(), "d".into(), "true".into());
         job.hostname = "a b".into();
         assert!(matches!(validate(&job), Err(VmError::InvalidJob { .. })));
-    }
-
-    #[tokio::test]
-    async fn the_console_splits_boot_noise_from_the_job_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("console.log");
-        std::fs::write(
-            &path,
-            "[    0.1] Linux version 6.1\r\n@@kiln-job-start-n1@@ 1.25\r\nhello\r\nworld\r\n\r\n@@kiln-job-end-n1@@ 3\r\n[    2.0] reboot: Power down\r\n",
-        )
-        .unwrap();
-        let mut console = Console::new(path, "n1");
-        let mut log = Vec::new();
-        console.poll(&mut log).await.unwrap();
-        console.finish(&mut log).await.unwrap();
-        assert_eq!(String::from_utf8(log).unwrap(), "hello\nworld\n");
-        assert_eq!(
-            console.guest_uptime_at_start,
-            Some(Duration::from_millis(1250))
-        );
-        assert!(
-            console
-                .tail
-                .iter()
-                .any(|line| line.contains("Linux version"))
-        );
     }
 }
