@@ -98,7 +98,8 @@ pub struct VmJob {
     pub hostname: String,
     #[serde(default)]
     pub timeouts: VmTimeouts,
-    /// Upper bound of the captured output layer (sparse disk, MiB).
+    /// Upper bound of the job's writes and of its captured output layer
+    /// (two sparse disks, MiB).
     #[serde(default = "default_output_limit_mib")]
     pub output_limit_mib: u32,
 }

@@ -290,6 +290,47 @@ pub fn create_output_disk(run_dir: &Path, limit_mib: u32) -> Result<PathBuf, VmE
     Ok(path)
 }
 
+/// A sparse, empty ext4 disk for the job's upper layers: a job's writes are
+/// bounded by `limit_mib` of host disk, not by the VM's memory.
+pub fn create_scratch_disk(run_dir: &Path, limit_mib: u32) -> Result<PathBuf, VmError> {
+    let path = run_dir.join("scratch.ext4");
+    fs::File::create(&path)
+        .and_then(|file| file.set_len(u64::from(limit_mib.max(64)) << 20))
+        .map_err(|e| disk_error(&path, e))?;
+    // Lazy inode tables: the guest mounts with noinit_itable, so nobody
+    // zeroes them; a fresh sparse file reads as zeros anyway.
+    let output = Command::new("mke2fs")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+        ])
+        .args(["-E", "lazy_itable_init=1"])
+        .arg(&path)
+        .output()
+        .map_err(|e| VmError::Disk {
+            reason: format!("cannot run mke2fs: {e} (apt-get install e2fsprogs)"),
+        })?;
+    if !output.status.success() {
+        return Err(VmError::Disk {
+            reason: format!(
+                "mke2fs {} failed ({}): {}",
+                path.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        });
+    }
+    Ok(path)
+}
+
 /// What the guest wrote to the output disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobOutput {

@@ -1,6 +1,6 @@
 #!/bin/sh
 # kiln guest init: PID 1 of every kiln microVM, from the initramfs kiln builds.
-# Disks are found by their virtio serial (kimage, kwork, kout), never by probe
+# Disks are found by their virtio serial (kimage, kwork, kscratch, kout), never by probe
 # order. Lines starting with @@kiln- are read by the host; everything between
 # the job-start and job-end lines is the job's log.
 # Under TCG every process costs milliseconds: shell builtins (read, echo,
@@ -46,19 +46,20 @@ while :; do
         case "$serial" in
             kimage) disk_image=/dev/${block##*/} ;;
             kwork) disk_work=/dev/${block##*/} ;;
+            kscratch) disk_scratch=/dev/${block##*/} ;;
             kout) disk_out=/dev/${block##*/} ;;
         esac
     done
-    [ -b "$disk_image" ] && [ -b "$disk_work" ] && [ -b "$disk_out" ] && break
+    [ -b "$disk_image" ] && [ -b "$disk_work" ] && [ -b "$disk_scratch" ] && [ -b "$disk_out" ] && break
     tries=$((tries + 1))
-    [ "$tries" -gt 50 ] && fail "virtio disks not found (image=$disk_image work=$disk_work out=$disk_out)"
+    [ "$tries" -gt 50 ] && fail "virtio disks not found (image=$disk_image work=$disk_work scratch=$disk_scratch out=$disk_out)"
     usleep 100000
 done
 
 mkdir -p /mnt/image /mnt/rw /mnt/work /newroot
 mount -t ext4 -o ro,noload "$disk_image" /mnt/image || fail "cannot mount the image disk"
 mount -t ext4 -o ro,noload "$disk_work" /mnt/work || fail "cannot mount the workspace disk"
-mount -t tmpfs -o mode=0755 rw /mnt/rw || fail "cannot mount the upper tmpfs"
+mount -t ext4 -o noinit_itable "$disk_scratch" /mnt/rw || fail "cannot mount the scratch disk"
 mkdir -p /mnt/rw/root/upper /mnt/rw/root/work /mnt/rw/job/upper /mnt/rw/job/work
 mount -t overlay -o lowerdir=/mnt/image,upperdir=/mnt/rw/root/upper,workdir=/mnt/rw/root/work root /newroot \
     || fail "cannot mount the root overlay"

@@ -35,7 +35,7 @@ const APPLETS: &[&str] = &[
 ];
 
 /// Bumped whenever the archive layout changes, so old cache entries are unused.
-const FORMAT: &str = "kiln-initramfs-3";
+const FORMAT: &str = "kiln-initramfs-4";
 
 /// One module to put in the archive, in load order.
 #[derive(Debug, Clone, PartialEq, Eq)]

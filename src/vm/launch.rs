@@ -56,6 +56,7 @@ pub(super) struct Launch<'a> {
     pub(super) initramfs: &'a Path,
     pub(super) image: &'a Path,
     pub(super) workspace: &'a Path,
+    pub(super) scratch: &'a Path,
     pub(super) output: &'a Path,
     pub(super) run_dir: &'a Path,
     pub(super) nonce: &'a str,
@@ -129,6 +130,7 @@ impl Launch<'_> {
         for (id, file, readonly) in [
             ("kimage", self.image, true),
             ("kwork", self.workspace, true),
+            ("kscratch", self.scratch, false),
             ("kout", self.output, false),
         ] {
             args.extend([

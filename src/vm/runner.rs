@@ -10,7 +10,8 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use super::accel::{AccelChoice, resolve_accel};
 use super::console::{Console, log_error, write_log};
 use super::disks::{
-    WorkspaceFiles, build_workspace_disk, cached_image_disk, create_output_disk, extract_output,
+    WorkspaceFiles, build_workspace_disk, cached_image_disk, create_output_disk,
+    create_scratch_disk, extract_output,
 };
 use super::initramfs::cached_initramfs;
 use super::kernel::{Kernel, bootable_kernel};
@@ -195,6 +196,7 @@ where
         }
     })
     .await?;
+    let scratch_disk = create_scratch_disk(run_dir.path(), job.output_limit_mib)?;
     let output_disk = create_output_disk(run_dir.path(), job.output_limit_mib)?;
     let prepare = started.elapsed();
 
@@ -207,6 +209,7 @@ where
         initramfs: &initramfs,
         image: &image,
         workspace: &workspace_disk,
+        scratch: &scratch_disk,
         output: &output_disk,
         run_dir: run_dir.path(),
         nonce: &nonce,
