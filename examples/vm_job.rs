@@ -4,7 +4,8 @@
 //!
 //! IMAGE_DIR becomes the guest's root (it needs a /bin/sh); the job's upper
 //! layer lands in CACHE_DIR/last-upper. Prints the job log, then one line of
-//! timings in milliseconds.
+//! timings in milliseconds. The image disk is cached under the image's
+//! path: after changing the image's files, use a fresh CACHE_DIR.
 
 use std::time::Duration;
 

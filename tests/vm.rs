@@ -23,7 +23,7 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 const APPLETS: &[&str] = &[
     "cat", "echo", "env", "hostname", "ls", "mkdir", "rm", "sleep", "sort", "test", "tr", "wc",
-    "cut", "sh",
+    "cut", "sh", "ln", "chmod",
 ];
 
 /// A tiny image: static busybox and its applets.
@@ -159,7 +159,8 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
         // First job: writes, deletes, reports its environment and hostname.
         let mut first = job(
             &image,
-            "echo made-in-vm > made.txt\nrm gone.txt\nrm -r old\nrm -r rebuilt\nmkdir rebuilt\necho fresh > rebuilt/new.txt\nenv | sort > env.txt\nhostname > host.txt\n\
+            "echo made-in-vm > made.txt\nln made.txt hard-link.txt\nln -s made.txt soft-link\n\
+             echo '#!/bin/sh' > tool.sh\nchmod 750 tool.sh\nrm gone.txt\nrm -r old\nrm -r rebuilt\nmkdir rebuilt\necho fresh > rebuilt/new.txt\nenv | sort > env.txt\nhostname > host.txt\n\
              ls -A /tmp | wc -l > tmp-count.txt\npwd > pwd.txt\ncat keep.txt\necho to-stderr >&2\n",
         );
         first.lower_dirs = vec![base.clone()];
@@ -184,6 +185,13 @@ fn layers_env_hostname_whiteouts_and_exit_codes() {
 
         let read = |name: &str| std::fs::read_to_string(first_upper.join(name)).unwrap();
         assert_eq!(read("made.txt"), "made-in-vm\n");
+        assert_eq!(read("hard-link.txt"), "made-in-vm\n");
+        assert_eq!(
+            std::fs::read_link(first_upper.join("soft-link")).unwrap(),
+            PathBuf::from("made.txt")
+        );
+        let tool = std::fs::metadata(first_upper.join("tool.sh")).unwrap();
+        assert_eq!(tool.permissions().mode() & 0o777, 0o750);
         assert_eq!(read("host.txt"), "kiln-test\n");
         assert_eq!(read("tmp-count.txt"), "0\n");
         assert_eq!(read("pwd.txt"), "/work\n");
