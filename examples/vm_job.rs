@@ -1,6 +1,6 @@
 //! Runs one job script in a QEMU microVM and prints where the time went.
 //!
-//!     cargo run --release --example vm_job -- IMAGE_DIR CACHE_DIR 'echo hello'
+//!     cargo run --example vm_job -- IMAGE_DIR CACHE_DIR 'echo hello'
 //!
 //! IMAGE_DIR becomes the guest's root (it needs a /bin/sh); the job's upper
 //! layer lands in CACHE_DIR/last-upper. Prints the job log, then one line of

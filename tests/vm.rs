@@ -471,3 +471,43 @@ fn a_boot_timeout_is_timed_out_and_shows_the_console() {
         assert_no_vm_left(&before);
     });
 }
+
+#[test]
+fn the_accel_variable_overrides_auto_without_a_probe() {
+    // Under the VM lock: it changes the environment, which the other tests read.
+    one_vm_at_a_time(async {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = kiln::vm::Kernel::resolve(&KernelChoice::Default).unwrap();
+        let resolve = |requested| {
+            kiln::vm::resolve_accel(
+                requested,
+                Path::new("qemu-system-x86_64"),
+                &kernel,
+                &kernel.path,
+                Path::new("unused-initramfs"),
+                dir.path(),
+            )
+        };
+        let previous = std::env::var_os(kiln::vm::ACCEL_ENV);
+        // SAFETY: every other test of this binary waits for the VM lock
+        // before it reads the environment.
+        unsafe { std::env::set_var(kiln::vm::ACCEL_ENV, "tcg") };
+        let chosen = resolve(Accel::Auto).await.unwrap();
+        assert_eq!(chosen.accel, Accel::Tcg);
+        assert!(chosen.reason.contains("KILN_QEMU_ACCEL=tcg"), "{chosen:?}");
+        // An explicit accelerator in the job wins over the variable.
+        assert_eq!(resolve(Accel::Kvm).await.unwrap().accel, Accel::Kvm);
+        // SAFETY: as above.
+        unsafe { std::env::set_var(kiln::vm::ACCEL_ENV, "fast") };
+        let error = resolve(Accel::Auto).await.unwrap_err().to_string();
+        // SAFETY: as above.
+        unsafe {
+            match previous {
+                Some(value) => std::env::set_var(kiln::vm::ACCEL_ENV, value),
+                None => std::env::remove_var(kiln::vm::ACCEL_ENV),
+            }
+        }
+        assert!(error.contains("KILN_QEMU_ACCEL"), "{error}");
+        assert!(!dir.path().join("accel").exists(), "no probe, no verdict");
+    });
+}
