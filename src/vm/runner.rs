@@ -288,12 +288,12 @@ where
         VmOutcome::TimedOut { phase } => {
             let what = match phase {
                 Phase::Boot => format!(
-                    "the VM did not start the job within {} s",
-                    job.timeouts.boot.as_secs()
+                    "the VM did not start the job within {}",
+                    seconds(job.timeouts.boot)
                 ),
                 Phase::Job => format!(
-                    "the job did not finish within {} s",
-                    job.timeouts.job.as_secs()
+                    "the job did not finish within {}",
+                    seconds(job.timeouts.job)
                 ),
             };
             write_log(log, &format!("kiln: timed out: {what}\n")).await?;
@@ -318,6 +318,10 @@ where
         accel,
         timings,
     })
+}
+
+fn seconds(duration: Duration) -> String {
+    format!("{:.1} s", duration.as_secs_f64())
 }
 
 enum Ending {
