@@ -19,7 +19,7 @@ mod runner;
 
 pub use accel::{ACCEL_ENV, AccelChoice, resolve_accel};
 pub use config::{Accel, KernelChoice, VmJob, VmTimeouts};
-pub use disks::{cached_image_disk, extract_output, is_opaque, make_ext4, mark_opaque};
+pub use disks::{JobOutput, cached_image_disk, extract_output, is_opaque, make_ext4, mark_opaque};
 pub use initramfs::{InitramfsContents, Module, cached_initramfs};
 pub use kernel::{Kernel, bootable_kernel, newest_boot_kernel};
 pub use qmp::{QmpClient, QmpEvent, QmpMessage, Shutdown, VmAction, parse_line};
