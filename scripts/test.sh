@@ -5,17 +5,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, as "command:package".
-required=(git:git zstd:zstd unshare:util-linux mkfifo:coreutils mknod:coreutils setfattr:attr)
+required=(git:git zstd:zstd unshare:util-linux mkfifo:coreutils mknod:coreutils setfattr:attr
+          qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mke2fs:e2fsprogs xz:xz-utils)
 missing=()
 for pair in "${required[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+# The qemu driver's guest kernel is a file, not a command.
+compgen -G '/boot/vmlinuz-*' >/dev/null || missing+=(linux-image-amd64)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+  # Some images carry a newer qemu-utils (from backports) that conflicts with
+  # Debian's qemu-system-x86; take both from the release.
+  extra=()
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]] && dpkg -s qemu-utils >/dev/null 2>&1; then
+    extra=(--allow-downgrades "qemu-utils/$(. /etc/os-release && echo "$VERSION_CODENAME")")
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" "${extra[@]}"
 fi
 
 cargo fmt --all -- --check
