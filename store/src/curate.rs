@@ -128,9 +128,7 @@ impl Store {
         }
         let refcounts_repaired = recount(&tx)?;
         tx.commit()?;
-        for digest in doomed_chunks {
-            self.chunks.remove(&digest)?;
-        }
+        remove_chunk_files(&*self.chunks, &doomed_chunks)?;
         Ok(GcReport {
             sweep,
             refcounts_repaired,
@@ -177,13 +175,32 @@ impl Store {
         tx.commit()?;
         // Files go only after their rows are gone for good: a crash here
         // leaves orphan files (fsck removes them), never a dangling row.
-        for (digest, stored) in doomed {
-            self.chunks.remove(&digest)?;
-            report.chunks += 1;
-            report.bytes_freed += stored as u64;
-        }
+        report.chunks = doomed.len() as u64;
+        report.bytes_freed = doomed.iter().map(|(_, stored)| *stored as u64).sum();
+        let digests: Vec<B3Digest> = doomed.into_iter().map(|(digest, _)| digest).collect();
+        remove_chunk_files(&*self.chunks, &digests)?;
         Ok(report)
     }
+}
+
+/// Unlinks chunk files from several threads: each unlink mostly waits on
+/// the file system journal, so they overlap well.
+fn remove_chunk_files(chunks: &dyn crate::chunks::ChunkStore, digests: &[B3Digest]) -> Result<()> {
+    let workers = crate::store::worker_count(digests.len() / 64);
+    let per_worker = digests.len().div_ceil(workers.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = digests
+            .chunks(per_worker)
+            .map(|part| {
+                scope.spawn(move || part.iter().try_for_each(|digest| chunks.remove(digest)))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
 }
 
 /// Removes an object's row and its outgoing references; with `cascade`,

@@ -126,7 +126,8 @@ impl Store {
                 "stray file in the chunk directory".into(),
             );
         }
-        let temps = self.chunks.temp_files()?;
+        let mut temps = self.chunks.temp_files()?;
+        temps.extend(scan.temps.iter().cloned());
         for temp in &temps {
             problem(temp.display().to_string(), "leftover temporary file".into());
         }

@@ -200,10 +200,7 @@ impl Store {
         jobs: &[FileJob],
         progress: Option<&dyn Progress>,
     ) -> Result<(Vec<B3Digest>, u64, u64)> {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .min(jobs.len().max(1));
+        let workers = crate::store::worker_count(jobs.len());
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let written: Mutex<HashMap<B3Digest, u64>> = Mutex::new(HashMap::new());
@@ -211,7 +208,7 @@ impl Store {
         let params = self.params;
         let mut readers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            readers.push(self.reader()?);
+            readers.push(self.snapshot_reader()?);
         }
         let mut digests = vec![B3Digest::from_array([0; 32]); jobs.len()];
         let (mut new_chunks, mut new_bytes) = (0, 0);
