@@ -114,14 +114,16 @@ impl Store {
                 }
             }
         }
-        let chunks: Vec<(B3Digest, i64)> = tx
-            .prepare("SELECT digest, stored FROM chunks")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        let chunks: Vec<(B3Digest, i64, bool)> = tx
+            .prepare("SELECT digest, stored, data IS NOT NULL FROM chunks")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        for (digest, stored) in chunks {
+        for (digest, stored, inline) in chunks {
             if !live.chunks.contains(&digest) {
                 tx.execute("DELETE FROM chunks WHERE digest = ?1", [digest])?;
-                doomed_chunks.push(digest);
+                if !inline {
+                    doomed_chunks.push(digest);
+                }
                 sweep.chunks += 1;
                 sweep.bytes_freed += stored as u64;
             }
@@ -167,17 +169,21 @@ impl Store {
                 break;
             }
         }
-        let doomed: Vec<(B3Digest, i64)> = tx
-            .prepare("SELECT digest, stored FROM chunks WHERE refs <= 0")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        let doomed: Vec<(B3Digest, i64, bool)> = tx
+            .prepare("SELECT digest, stored, data IS NOT NULL FROM chunks WHERE refs <= 0")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         tx.execute("DELETE FROM chunks WHERE refs <= 0", [])?;
         tx.commit()?;
         // Files go only after their rows are gone for good: a crash here
         // leaves orphan files (fsck removes them), never a dangling row.
         report.chunks = doomed.len() as u64;
-        report.bytes_freed = doomed.iter().map(|(_, stored)| *stored as u64).sum();
-        let digests: Vec<B3Digest> = doomed.into_iter().map(|(digest, _)| digest).collect();
+        report.bytes_freed = doomed.iter().map(|(_, stored, _)| *stored as u64).sum();
+        let digests: Vec<B3Digest> = doomed
+            .into_iter()
+            .filter(|(_, _, inline)| !inline)
+            .map(|(digest, _, _)| digest)
+            .collect();
         remove_chunk_files(&*self.chunks, &digests)?;
         Ok(report)
     }

@@ -18,7 +18,9 @@ use crate::chunks::ChunkStore;
 use crate::digest::B3Digest;
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer;
-use crate::object::{ObjectRef, has_blob, has_chunk, insert_blob, insert_chunk, insert_tree};
+use crate::object::{
+    INLINE_CHUNK_MAX, ObjectRef, has_blob, has_chunk, insert_blob, insert_chunk, insert_tree,
+};
 use crate::sessions::{TempRoots, hold};
 use crate::store::Store;
 use crate::tree::{EntryName, Node, Tree, TreeEntry};
@@ -81,6 +83,8 @@ struct ChunkInfo {
     written: Option<u64>,
     /// This very call wrote the file (for counting).
     fresh: bool,
+    /// Small chunks travel to the index instead of a file.
+    inline: Option<Vec<u8>>,
 }
 
 struct FileOutcome {
@@ -303,7 +307,7 @@ fn flush(
     if batch.iter().any(|o| {
         o.chunks
             .as_ref()
-            .is_some_and(|c| c.iter().any(|c| c.written.is_some()))
+            .is_some_and(|c| c.iter().any(|c| c.written.is_some() && c.inline.is_none()))
     }) {
         chunks.sync()?;
     }
@@ -322,7 +326,13 @@ fn commit_outcome(conn: &Connection, outcome: &FileOutcome) -> Result<()> {
     };
     for chunk in chunks {
         if let Some(stored) = chunk.written {
-            insert_chunk(conn, &chunk.digest, chunk.size, stored)?;
+            insert_chunk(
+                conn,
+                &chunk.digest,
+                chunk.size,
+                stored,
+                chunk.inline.as_deref(),
+            )?;
         }
     }
     let list: Vec<B3Digest> = chunks.iter().map(|c| c.digest).collect();
@@ -414,38 +424,37 @@ fn store_chunk(
     written: &Mutex<HashMap<B3Digest, u64>>,
 ) -> Result<ChunkInfo> {
     let size = bytes.len() as u64;
+    let info = |written, fresh, inline| ChunkInfo {
+        digest,
+        size,
+        written,
+        fresh,
+        inline,
+    };
     let seen = written
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&digest)
         .copied();
     if let Some(stored) = seen {
-        return Ok(ChunkInfo {
-            digest,
-            size,
-            written: Some(stored),
-            fresh: false,
-        });
+        return Ok(info(Some(stored), false, None));
     }
     if has_chunk(conn, &digest)? {
-        return Ok(ChunkInfo {
-            digest,
-            size,
-            written: None,
-            fresh: false,
-        });
+        return Ok(info(None, false, None));
     }
-    let stored = store.put(&digest, bytes)?;
+    let encoded = crate::chunks::encode_chunk(bytes).map_err(|e| StoreError::io("<zstd>", e))?;
+    let stored = encoded.len() as u64;
+    // The same bytes always compress the same way, so a chunk is either
+    // always inline or always a file, whichever worker meets it.
+    if encoded.len() <= INLINE_CHUNK_MAX {
+        return Ok(info(Some(stored), true, Some(encoded)));
+    }
+    store.put_encoded(&digest, &encoded)?;
     written
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(digest, stored);
-    Ok(ChunkInfo {
-        digest,
-        size,
-        written: Some(stored),
-        fresh: true,
-    })
+    Ok(info(Some(stored), true, None))
 }
 
 /// Huge files: hash first (memory-mapped, parallel); chunk a stream only if

@@ -345,7 +345,7 @@ fn write_blob(
     };
     let mut written = 0;
     for (chunk, _) in blob_chunks(conn, digest)? {
-        let bytes = chunks.get(&chunk)?;
+        let bytes = crate::object::read_chunk(conn, chunks, &chunk)?;
         out.write_all(&bytes).map_err(|e| StoreError::Io {
             path: PathBuf::from("<output>"),
             source: e,
