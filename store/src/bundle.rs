@@ -21,8 +21,8 @@ use crate::chunks::decode_chunk;
 use crate::digest::B3Digest;
 use crate::error::{IoContext, Result, StoreError};
 use crate::object::{
-    ObjectKind, ObjectRef, has_chunk, insert_blob, insert_chunk, insert_tree, load_tree,
-    object_size,
+    INLINE_CHUNK_MAX, ObjectKind, ObjectRef, has_chunk, insert_blob, insert_chunk, insert_tree,
+    load_tree, object_size,
 };
 use crate::records::{RootKind, get_root_in, set_root_in};
 use crate::store::Store;
@@ -200,7 +200,8 @@ impl Store {
                 let chunks = crate::object::blob_chunks(&self.conn, &object.digest)?;
                 for (chunk, raw_size) in &chunks {
                     if seen_chunks.insert(*chunk) {
-                        let encoded = self.chunks.get_encoded(chunk)?;
+                        let encoded =
+                            crate::object::read_chunk_encoded(&self.conn, &*self.chunks, chunk)?;
                         out.write_all(b"C").at(&path)?;
                         out.write_all(chunk.as_bytes()).at(&path)?;
                         out.write_all(&raw_size.to_le_bytes()).at(&path)?;
@@ -244,13 +245,19 @@ impl Store {
             let mut encoded = vec![0; *len as usize];
             spool.seek(SeekFrom::Start(*offset)).at("<spool>")?;
             spool.read_exact(&mut encoded).at("<spool>")?;
-            let stored = self.chunks.put_encoded(digest, &encoded)?;
-            new_chunks.push((*digest, *raw_size, stored));
+            let stored = encoded.len() as u64;
+            let inline = if encoded.len() <= INLINE_CHUNK_MAX {
+                Some(encoded)
+            } else {
+                self.chunks.put_encoded(digest, &encoded)?;
+                None
+            };
+            new_chunks.push((*digest, *raw_size, stored, inline));
         }
         self.chunks.sync()?;
         let tx = self.write_tx()?;
-        for (digest, raw_size, stored) in &new_chunks {
-            insert_chunk(&tx, digest, *raw_size, *stored)?;
+        for (digest, raw_size, stored, inline) in &new_chunks {
+            insert_chunk(&tx, digest, *raw_size, *stored, inline.as_deref())?;
         }
         for (digest, size, chunks) in &staged.blobs {
             if !insert_blob(&tx, digest, *size, chunks)? {
@@ -468,7 +475,7 @@ impl Store {
                 spool.seek(SeekFrom::End(0)).at("<spool>")?;
                 decode_chunk(chunk, &encoded).map_err(|e| StoreError::bundle(e.to_string()))?
             } else if has_chunk(&self.conn, chunk)? {
-                self.chunks.get(chunk)?
+                crate::object::read_chunk(&self.conn, &*self.chunks, chunk)?
             } else {
                 return Err(StoreError::bundle(format!(
                     "blob {digest} needs chunk {chunk}, which is missing"

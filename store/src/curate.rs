@@ -114,23 +114,23 @@ impl Store {
                 }
             }
         }
-        let chunks: Vec<(B3Digest, i64)> = tx
-            .prepare("SELECT digest, stored FROM chunks")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        let chunks: Vec<(B3Digest, i64, bool)> = tx
+            .prepare("SELECT digest, stored, data IS NOT NULL FROM chunks")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        for (digest, stored) in chunks {
+        for (digest, stored, inline) in chunks {
             if !live.chunks.contains(&digest) {
                 tx.execute("DELETE FROM chunks WHERE digest = ?1", [digest])?;
-                doomed_chunks.push(digest);
+                if !inline {
+                    doomed_chunks.push(digest);
+                }
                 sweep.chunks += 1;
                 sweep.bytes_freed += stored as u64;
             }
         }
         let refcounts_repaired = recount(&tx)?;
         tx.commit()?;
-        for digest in doomed_chunks {
-            self.chunks.remove(&digest)?;
-        }
+        remove_chunk_files(&*self.chunks, &doomed_chunks)?;
         Ok(GcReport {
             sweep,
             refcounts_repaired,
@@ -169,21 +169,44 @@ impl Store {
                 break;
             }
         }
-        let doomed: Vec<(B3Digest, i64)> = tx
-            .prepare("SELECT digest, stored FROM chunks WHERE refs <= 0")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        let doomed: Vec<(B3Digest, i64, bool)> = tx
+            .prepare("SELECT digest, stored, data IS NOT NULL FROM chunks WHERE refs <= 0")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         tx.execute("DELETE FROM chunks WHERE refs <= 0", [])?;
         tx.commit()?;
         // Files go only after their rows are gone for good: a crash here
         // leaves orphan files (fsck removes them), never a dangling row.
-        for (digest, stored) in doomed {
-            self.chunks.remove(&digest)?;
-            report.chunks += 1;
-            report.bytes_freed += stored as u64;
-        }
+        report.chunks = doomed.len() as u64;
+        report.bytes_freed = doomed.iter().map(|(_, stored, _)| *stored as u64).sum();
+        let digests: Vec<B3Digest> = doomed
+            .into_iter()
+            .filter(|(_, _, inline)| !inline)
+            .map(|(digest, _, _)| digest)
+            .collect();
+        remove_chunk_files(&*self.chunks, &digests)?;
         Ok(report)
     }
+}
+
+/// Unlinks chunk files from several threads: each unlink mostly waits on
+/// the file system journal, so they overlap well.
+fn remove_chunk_files(chunks: &dyn crate::chunks::ChunkStore, digests: &[B3Digest]) -> Result<()> {
+    let workers = crate::store::worker_count(digests.len() / 64);
+    let per_worker = digests.len().div_ceil(workers.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = digests
+            .chunks(per_worker)
+            .map(|part| {
+                scope.spawn(move || part.iter().try_for_each(|digest| chunks.remove(digest)))
+            })
+            .collect();
+        handles.into_iter().try_for_each(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
 }
 
 /// Removes an object's row and its outgoing references; with `cascade`,

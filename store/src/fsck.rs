@@ -66,10 +66,10 @@ impl Store {
             |object: String, what: String| report_problem(&mut report.problems, object, what);
 
         // Chunks: every row has a file that decompresses and hashes right.
-        let chunk_rows: Vec<(B3Digest, i64)> = self
+        let chunk_rows: Vec<(B3Digest, i64, bool)> = self
             .conn
-            .prepare("SELECT digest, size FROM chunks")?
-            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .prepare("SELECT digest, size, data IS NOT NULL FROM chunks")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         if let Some(progress) = options.progress {
             progress.start(
@@ -78,10 +78,8 @@ impl Store {
             );
         }
         let mut bad_chunks = HashSet::new();
-        for (digest, size) in &chunk_rows {
-            let result = self
-                .chunks
-                .get_encoded(digest)
+        for (digest, size, _) in &chunk_rows {
+            let result = crate::object::read_chunk_encoded(&self.conn, &*self.chunks, digest)
                 .and_then(|encoded| decode_chunk(digest, &encoded));
             match result {
                 Ok(raw) if raw.len() as i64 == *size => {}
@@ -106,13 +104,16 @@ impl Store {
         }
         report.chunks_checked = chunk_rows.len() as u64;
         let known_chunks: HashSet<B3Digest> = chunk_rows.iter().map(|c| c.0).collect();
+        // Inline chunks have no file: a file with their name is an orphan.
+        let file_chunks: HashSet<B3Digest> =
+            chunk_rows.iter().filter(|c| !c.2).map(|c| c.0).collect();
 
         // Chunk files nobody indexes, and leftovers of interrupted writes.
         let scan = self.chunks.scan()?;
         let orphans: Vec<B3Digest> = scan
             .chunks
             .into_iter()
-            .filter(|d| !known_chunks.contains(d))
+            .filter(|d| !file_chunks.contains(d))
             .collect();
         for digest in &orphans {
             problem(
@@ -126,7 +127,8 @@ impl Store {
                 "stray file in the chunk directory".into(),
             );
         }
-        let temps = self.chunks.temp_files()?;
+        let mut temps = self.chunks.temp_files()?;
+        temps.extend(scan.temps.iter().cloned());
         for temp in &temps {
             problem(temp.display().to_string(), "leftover temporary file".into());
         }
@@ -350,7 +352,7 @@ impl Store {
             if bad.contains(chunk) {
                 return Ok(Some(format!("chunk {chunk} is damaged")));
             }
-            let raw = self.chunks.get(chunk)?;
+            let raw = crate::object::read_chunk(&self.conn, &*self.chunks, chunk)?;
             total += raw.len() as u64;
             hasher.update(&raw);
         }

@@ -18,7 +18,9 @@ use crate::chunks::ChunkStore;
 use crate::digest::B3Digest;
 use crate::error::{IoContext, Result, StoreError};
 use crate::layer;
-use crate::object::{ObjectRef, has_blob, has_chunk, insert_blob, insert_chunk, insert_tree};
+use crate::object::{
+    INLINE_CHUNK_MAX, ObjectRef, has_blob, has_chunk, insert_blob, insert_chunk, insert_tree,
+};
 use crate::sessions::{TempRoots, hold};
 use crate::store::Store;
 use crate::tree::{EntryName, Node, Tree, TreeEntry};
@@ -81,6 +83,8 @@ struct ChunkInfo {
     written: Option<u64>,
     /// This very call wrote the file (for counting).
     fresh: bool,
+    /// Small chunks travel to the index instead of a file.
+    inline: Option<Vec<u8>>,
 }
 
 struct FileOutcome {
@@ -200,10 +204,7 @@ impl Store {
         jobs: &[FileJob],
         progress: Option<&dyn Progress>,
     ) -> Result<(Vec<B3Digest>, u64, u64)> {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .min(jobs.len().max(1));
+        let workers = crate::store::worker_count(jobs.len());
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let written: Mutex<HashMap<B3Digest, u64>> = Mutex::new(HashMap::new());
@@ -211,7 +212,7 @@ impl Store {
         let params = self.params;
         let mut readers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            readers.push(self.reader()?);
+            readers.push(self.snapshot_reader()?);
         }
         let mut digests = vec![B3Digest::from_array([0; 32]); jobs.len()];
         let (mut new_chunks, mut new_bytes) = (0, 0);
@@ -222,13 +223,24 @@ impl Store {
                 let sender = sender.clone();
                 let (next, failed, written, chunks) = (&next, &failed, &written, &chunks);
                 scope.spawn(move || {
+                    // One buffer per worker, reused: fresh allocations per
+                    // file cost a page fault per 4 KiB.
+                    let mut buffer = Vec::new();
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         if index >= jobs.len() || failed.load(Ordering::Relaxed) {
                             break;
                         }
-                        let outcome =
-                            ingest_file(&reader, &**chunks, &params, &jobs[index], index, written);
+                        let job = &jobs[index];
+                        let outcome = ingest_file(
+                            &reader,
+                            &**chunks,
+                            &params,
+                            job,
+                            index,
+                            written,
+                            &mut buffer,
+                        );
                         if let (Some(progress), Ok(_)) = (progress, &outcome) {
                             progress.advance(jobs[index].size);
                         }
@@ -306,7 +318,7 @@ fn flush(
     if batch.iter().any(|o| {
         o.chunks
             .as_ref()
-            .is_some_and(|c| c.iter().any(|c| c.written.is_some()))
+            .is_some_and(|c| c.iter().any(|c| c.written.is_some() && c.inline.is_none()))
     }) {
         chunks.sync()?;
     }
@@ -325,7 +337,13 @@ fn commit_outcome(conn: &Connection, outcome: &FileOutcome) -> Result<()> {
     };
     for chunk in chunks {
         if let Some(stored) = chunk.written {
-            insert_chunk(conn, &chunk.digest, chunk.size, stored)?;
+            insert_chunk(
+                conn,
+                &chunk.digest,
+                chunk.size,
+                stored,
+                chunk.inline.as_deref(),
+            )?;
         }
     }
     let list: Vec<B3Digest> = chunks.iter().map(|c| c.digest).collect();
@@ -340,16 +358,18 @@ fn ingest_file(
     job: &FileJob,
     index: usize,
     written: &Mutex<HashMap<B3Digest, u64>>,
+    buffer: &mut Vec<u8>,
 ) -> Result<FileOutcome> {
     if job.size > IN_MEMORY_MAX {
         return ingest_streaming(conn, store, params, job, index, written);
     }
-    let data = read_exact_size(&job.path, job.size)?;
-    let digest = hash(&data);
+    read_exact_size(&job.path, job.size, buffer)?;
+    // Single-threaded hashing: files are already spread over the workers.
+    let digest = B3Digest::of(buffer);
     let chunks = if has_blob(conn, &digest)? {
         None
     } else {
-        Some(chunk_bytes(conn, store, params, &data, written)?)
+        Some(chunk_bytes(conn, store, params, buffer, written)?)
     };
     Ok(FileOutcome {
         index,
@@ -359,29 +379,17 @@ fn ingest_file(
     })
 }
 
-fn read_exact_size(path: &Path, size: u64) -> Result<Vec<u8>> {
+fn read_exact_size(path: &Path, size: u64, data: &mut Vec<u8>) -> Result<()> {
     let mut file = fs::File::open(path).at(path)?;
-    let mut data = Vec::with_capacity(size as usize);
-    file.by_ref()
-        .take(size + 1)
-        .read_to_end(&mut data)
-        .at(path)?;
+    data.clear();
+    data.reserve(size as usize + 1);
+    file.by_ref().take(size + 1).read_to_end(data).at(path)?;
     if data.len() as u64 != size {
         return Err(StoreError::ChangedWhileAdding {
             path: path.to_path_buf(),
         });
     }
-    Ok(data)
-}
-
-fn hash(data: &[u8]) -> B3Digest {
-    if data.len() >= 1 << 20 {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_rayon(data);
-        hasher.finalize().into()
-    } else {
-        B3Digest::of(data)
-    }
+    Ok(())
 }
 
 fn chunk_bytes(
@@ -417,38 +425,37 @@ fn store_chunk(
     written: &Mutex<HashMap<B3Digest, u64>>,
 ) -> Result<ChunkInfo> {
     let size = bytes.len() as u64;
+    let info = |written, fresh, inline| ChunkInfo {
+        digest,
+        size,
+        written,
+        fresh,
+        inline,
+    };
     let seen = written
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&digest)
         .copied();
     if let Some(stored) = seen {
-        return Ok(ChunkInfo {
-            digest,
-            size,
-            written: Some(stored),
-            fresh: false,
-        });
+        return Ok(info(Some(stored), false, None));
     }
     if has_chunk(conn, &digest)? {
-        return Ok(ChunkInfo {
-            digest,
-            size,
-            written: None,
-            fresh: false,
-        });
+        return Ok(info(None, false, None));
     }
-    let stored = store.put(&digest, bytes)?;
+    let encoded = crate::chunks::encode_chunk(bytes).map_err(|e| StoreError::io("<zstd>", e))?;
+    let stored = encoded.len() as u64;
+    // The same bytes always compress the same way, so a chunk is either
+    // always inline or always a file, whichever worker meets it.
+    if encoded.len() <= INLINE_CHUNK_MAX {
+        return Ok(info(Some(stored), true, Some(encoded)));
+    }
+    store.put_encoded(&digest, &encoded)?;
     written
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(digest, stored);
-    Ok(ChunkInfo {
-        digest,
-        size,
-        written: Some(stored),
-        fresh: true,
-    })
+    Ok(info(Some(stored), true, None))
 }
 
 /// Huge files: hash first (memory-mapped, parallel); chunk a stream only if

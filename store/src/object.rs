@@ -189,16 +189,47 @@ pub(crate) fn insert_blob(
     Ok(true)
 }
 
+/// Compressed chunks up to this size are kept in the index, not in files:
+/// for small files a row is much cheaper than a file (create, rename,
+/// sync, unlink), and it commits atomically with the rows that use it.
+pub const INLINE_CHUNK_MAX: usize = 16 * 1024;
+
+/// A chunk's compressed bytes, from the index or from its file.
+pub(crate) fn read_chunk_encoded(
+    conn: &Connection,
+    store: &dyn crate::chunks::ChunkStore,
+    digest: &B3Digest,
+) -> Result<Vec<u8>> {
+    let data: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT data FROM chunks WHERE digest = ?1")?
+        .query_row([digest], |row| row.get(0))
+        .optional()?;
+    match data {
+        Some(Some(inline)) => Ok(inline),
+        _ => store.get_encoded(digest),
+    }
+}
+
+/// A chunk's raw bytes, verified against its digest.
+pub(crate) fn read_chunk(
+    conn: &Connection,
+    store: &dyn crate::chunks::ChunkStore,
+    digest: &B3Digest,
+) -> Result<Vec<u8>> {
+    crate::chunks::decode_chunk(digest, &read_chunk_encoded(conn, store, digest)?)
+}
+
 pub(crate) fn insert_chunk(
     conn: &Connection,
     digest: &B3Digest,
     size: u64,
     stored: u64,
+    inline: Option<&[u8]>,
 ) -> Result<()> {
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO chunks(digest, size, stored, refs) VALUES (?1, ?2, ?3, 0)",
+        "INSERT OR IGNORE INTO chunks(digest, size, stored, refs, data) VALUES (?1, ?2, ?3, 0, ?4)",
     )?
-    .execute(params![digest, size as i64, stored as i64])?;
+    .execute(params![digest, size as i64, stored as i64, inline])?;
     Ok(())
 }
 

@@ -192,17 +192,29 @@ impl Store {
     }
 
     fn write_files(&self, jobs: &[FileJob], progress: Option<&dyn Progress>) -> Result<u64> {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .min(jobs.len().max(1));
+        let workers = crate::store::worker_count(jobs.len());
         let mut readers = Vec::with_capacity(workers);
         for _ in 0..workers {
-            readers.push(self.reader()?);
+            readers.push(self.snapshot_reader()?);
+        }
+        // Whole directories per worker: threads creating files in one
+        // directory would queue on its lock.
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        for (index, job) in jobs.iter().enumerate() {
+            match groups.last_mut() {
+                Some(group)
+                    if jobs[group.start].path.parent() == job.path.parent()
+                        && group.len() < 256 =>
+                {
+                    group.end = index + 1;
+                }
+                _ => groups.push(index..index + 1),
+            }
         }
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let chunks = &*self.chunks;
+        let groups = &groups;
         std::thread::scope(|scope| {
             let handles: Vec<_> = readers
                 .into_iter()
@@ -210,11 +222,19 @@ impl Store {
                     let (next, failed) = (&next, &failed);
                     scope.spawn(move || -> Result<u64> {
                         let mut bytes = 0;
+                        let mut pending = 0..0;
                         loop {
-                            let index = next.fetch_add(1, Ordering::Relaxed);
-                            if index >= jobs.len() || failed.load(Ordering::Relaxed) {
-                                return Ok(bytes);
-                            }
+                            let index = match pending.next() {
+                                Some(index) => index,
+                                None => {
+                                    let group = next.fetch_add(1, Ordering::Relaxed);
+                                    if group >= groups.len() || failed.load(Ordering::Relaxed) {
+                                        return Ok(bytes);
+                                    }
+                                    pending = groups[group].clone();
+                                    continue;
+                                }
+                            };
                             match write_file(&conn, chunks, &jobs[index]) {
                                 Ok(n) => {
                                     bytes += n;
@@ -245,6 +265,20 @@ impl Store {
             first_error.map_or(Ok(total), Err)
         })
     }
+}
+
+/// The process umask, read without changing it (`umask(2)` cannot).
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+                u32::from_str_radix(line.split_whitespace().nth(1)?, 8).ok()
+            })
+            .unwrap_or(0o777)
+    })
 }
 
 fn prepare_target(target: &Path) -> Result<()> {
@@ -283,9 +317,11 @@ fn write_file(conn: &Connection, chunks: &dyn ChunkStore, job: &FileJob) -> Resu
         StoreError::Io { source, .. } => StoreError::io(&job.path, source),
         other => other,
     })?;
-    // The umask may have cleared bits: set the mode exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .at(&job.path)?;
+    // The umask may have cleared bits: then set the mode exactly.
+    if mode & !umask() != mode {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .at(&job.path)?;
+    }
     Ok(size)
 }
 
@@ -309,7 +345,7 @@ fn write_blob(
     };
     let mut written = 0;
     for (chunk, _) in blob_chunks(conn, digest)? {
-        let bytes = chunks.get(&chunk)?;
+        let bytes = crate::object::read_chunk(conn, chunks, &chunk)?;
         out.write_all(&bytes).map_err(|e| StoreError::Io {
             path: PathBuf::from("<output>"),
             source: e,

@@ -11,7 +11,9 @@ CREATE TABLE chunks(
     digest BLOB PRIMARY KEY,
     size INTEGER NOT NULL,
     stored INTEGER NOT NULL,
-    refs INTEGER NOT NULL DEFAULT 0
+    refs INTEGER NOT NULL DEFAULT 0,
+    -- Small chunks live here (zstd) instead of in a file of their own.
+    data BLOB
 ) WITHOUT ROWID;
 CREATE INDEX chunks_unreferenced ON chunks(digest) WHERE refs <= 0;
 

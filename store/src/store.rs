@@ -204,12 +204,33 @@ impl Store {
         open_connection(&self.index_path, self.read_only)
     }
 
+    /// A connection inside one long read transaction: a consistent view
+    /// without a lock round-trip per query. Only for callers holding the
+    /// store lock (shared or exclusive), so nothing it sees can be deleted.
+    pub(crate) fn snapshot_reader(&self) -> Result<Connection> {
+        let conn = self.reader()?;
+        conn.execute_batch("BEGIN")?;
+        Ok(conn)
+    }
+
     pub(crate) fn write_tx(&mut self) -> Result<rusqlite::Transaction<'_>> {
         self.ensure_writable()?;
         Ok(self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?)
     }
+}
+
+/// Threads for per-file work: more than the cores, because much of the time
+/// goes to file system calls that block rather than compute.
+pub(crate) fn worker_count(jobs: usize) -> usize {
+    let threads = std::env::var("KILN_STORE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    threads.unwrap_or(cores * 2).clamp(1, 64).min(jobs.max(1))
 }
 
 pub(crate) fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {

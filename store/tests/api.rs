@@ -864,3 +864,31 @@ fn roots_can_be_replaced_listed_and_removed() {
         .unwrap_err();
     assert!(matches!(error, StoreError::UnknownObject { .. }));
 }
+
+#[test]
+fn small_chunks_live_in_the_index_and_are_checked_there() {
+    let mut f = fixture();
+    let file = f.dir.join("small");
+    write(&file, b"a small file kept inline");
+    let object = add(&mut f.store, &file, RootKind::Object, "small");
+    assert!(
+        walk_files(&f.dir.join("store/chunks")).is_empty(),
+        "no chunk file for a small chunk"
+    );
+    assert_eq!(
+        f.store.blob_bytes(&object.digest).unwrap(),
+        b"a small file kept inline"
+    );
+    let tampered = zstd::bulk::compress(b"something else entirely", 1).unwrap();
+    index(&f.dir)
+        .execute("UPDATE chunks SET data = ?1", [tampered])
+        .unwrap();
+    let report = f.store.fsck(&FsckOptions::default()).unwrap();
+    let text: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with(&format!("chunk {}: chunk content hashes to", object.digest))),
+        "{text:#?}"
+    );
+    assert!(f.store.blob_bytes(&object.digest).is_err());
+}

@@ -7,14 +7,18 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ChunkScan, ChunkStore, ZSTD_LEVEL, decode_chunk};
+use super::{ChunkScan, ChunkStore, decode_chunk, encode_chunk};
 use crate::digest::B3Digest;
 use crate::error::{IoContext, Result, StoreError};
+
+/// Names of chunk files being written (never a digest: hex has no dot).
+const TEMP_PREFIX: &str = ".tmp-";
 
 pub struct FsChunkStore {
     chunks_dir: PathBuf,
     tmp_dir: PathBuf,
     counter: AtomicU64,
+    pid: u32,
 }
 
 impl FsChunkStore {
@@ -41,6 +45,7 @@ impl FsChunkStore {
             chunks_dir,
             tmp_dir,
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -51,16 +56,14 @@ impl FsChunkStore {
 
     fn write_atomically(&self, digest: &B3Digest, bytes: &[u8]) -> Result<()> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp_dir.join(format!(
-            "chunk-{}-{n}-{}",
-            std::process::id(),
-            &digest.to_hex()[..16]
-        ));
+        // The temp file lives in the target's own directory: a rename within
+        // one directory does not take the file system's global rename lock.
+        let target = self.path_of(digest);
+        let tmp = target.with_file_name(format!("{TEMP_PREFIX}{}-{n}", self.pid));
         let result = (|| {
             let mut file = File::create(&tmp).at(&tmp)?;
             file.write_all(bytes).at(&tmp)?;
             drop(file);
-            let target = self.path_of(digest);
             fs::rename(&tmp, &target).at(&target)
         })();
         if result.is_err() {
@@ -72,7 +75,7 @@ impl FsChunkStore {
 
 impl ChunkStore for FsChunkStore {
     fn put(&self, digest: &B3Digest, raw: &[u8]) -> Result<u64> {
-        let encoded = zstd::bulk::compress(raw, ZSTD_LEVEL).at(self.path_of(digest))?;
+        let encoded = encode_chunk(raw).at(self.path_of(digest))?;
         self.write_atomically(digest, &encoded)?;
         Ok(encoded.len() as u64)
     }
@@ -139,6 +142,9 @@ impl ChunkStore for FsChunkStore {
                     .filter(|d| d.to_hex()[..2] == *fan_name.to_string_lossy());
                 match digest {
                     Some(digest) => scan.chunks.push(digest),
+                    None if name.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()) => {
+                        scan.temps.push(entry.path());
+                    }
                     None => scan.strays.push(entry.path()),
                 }
             }

@@ -39,15 +39,49 @@ pub trait ChunkStore: Send + Sync {
 pub struct ChunkScan {
     pub chunks: Vec<B3Digest>,
     pub strays: Vec<std::path::PathBuf>,
+    /// Chunk files whose write was interrupted.
+    pub temps: Vec<std::path::PathBuf>,
+}
+
+thread_local! {
+    // One zstd context per thread: creating one per chunk costs more than
+    // compressing a small chunk.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Compresses a chunk for storage.
+pub fn encode_chunk(raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+        }
+        match slot.as_mut() {
+            Some(compressor) => compressor.compress(raw),
+            None => zstd::bulk::compress(raw, ZSTD_LEVEL),
+        }
+    })
+}
+
+fn decompress(encoded: &[u8]) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(decompressor) => decompressor.decompress(encoded, MAX_CHUNK_BYTES),
+            None => zstd::bulk::decompress(encoded, MAX_CHUNK_BYTES),
+        }
+    })
 }
 
 /// Decompresses and checks a stored chunk.
 pub fn decode_chunk(digest: &B3Digest, encoded: &[u8]) -> Result<Vec<u8>> {
-    let raw = zstd::bulk::decompress(encoded, MAX_CHUNK_BYTES)
-        .or_else(|_| zstd::stream::decode_all(encoded))
-        .map_err(|e| {
-            crate::StoreError::corrupt(*digest, format!("cannot decompress chunk: {e}"))
-        })?;
+    let raw = decompress(encoded).map_err(|e| {
+        crate::StoreError::corrupt(*digest, format!("cannot decompress chunk: {e}"))
+    })?;
     let actual = B3Digest::of(&raw);
     if actual != *digest {
         return Err(crate::StoreError::corrupt(
