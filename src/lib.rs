@@ -1,4 +1,8 @@
 //! kiln: a declarative, hermetic build runner. See ARCHITECTURE.md.
 
 pub mod cli;
+pub mod driver;
+pub mod graph;
+pub mod layers;
+pub mod resolve;
 pub mod sandbox;
