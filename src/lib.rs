@@ -5,4 +5,5 @@ pub mod driver;
 pub mod graph;
 pub mod layers;
 pub mod resolve;
+pub mod events;
 pub mod sandbox;

@@ -119,6 +119,18 @@ impl BuildStatus {
     pub fn is_finished(self) -> bool {
         !matches!(self, BuildStatus::Queued | BuildStatus::Running)
     }
+
+    /// Worst wins (design §5): the later in Queued < Running < Passed <
+    /// PassedWithFailures < Failed < Killed < TimedOut.
+    pub fn worst(self, other: BuildStatus) -> BuildStatus {
+        self.max(other)
+    }
+}
+
+impl std::fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl std::str::FromStr for BuildStatus {
