@@ -2,8 +2,9 @@
 
 pub mod cli;
 pub mod driver;
+pub mod events;
 pub mod graph;
 pub mod layers;
 pub mod resolve;
-pub mod events;
 pub mod sandbox;
+pub mod scheduler;

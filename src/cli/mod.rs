@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod manifest;
+pub mod run;
 pub mod store;
 
 /// Exit code for an invalid manifest.
@@ -45,6 +46,17 @@ pub enum Command {
     /// Inspect and maintain the content-addressed store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Run a build: jobs in containers, outputs in the store, unchanged jobs from cache
+    Run(run::RunArgs),
+    /// Show each job of a build with its key and whether it would run or be cached
+    Plan(run::PlanArgs),
+    /// Say which key component of a job changed since its last run
+    Explain(run::ExplainArgs),
+    /// Stop a running build (Killed)
+    Kill(run::KillArgs),
+    /// Build caches saved by jobs (`caches = [ { key; paths; } ]`)
+    #[command(subcommand)]
+    Cache(run::CacheCommand),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -73,6 +85,15 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => manifest::eval(args),
         Command::Store(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| store::run(&dir, command))
+        }
+        Command::Run(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::run(&dir, args)),
+        Command::Plan(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::plan(&dir, args)),
+        Command::Explain(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| run::explain(&dir, args))
+        }
+        Command::Kill(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::kill(&dir, args)),
+        Command::Cache(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| run::cache(&dir, command))
         }
     };
     match result {

@@ -115,7 +115,13 @@ impl ContainerDriver {
             Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
         };
         let mut command = tokio::process::Command::from(run.command(&self.helper));
-        command.stdout(stdout).stderr(stderr).kill_on_drop(true);
+        // Its own process group: a terminal's Ctrl-C reaches kiln, which stops
+        // the job itself (Killed), not the helper directly.
+        command
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0)
+            .kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => return failed(format!("cannot start the sandbox helper: {error}")),

@@ -95,7 +95,7 @@ pub struct RunOutcome {
 /// A created driver.
 #[derive(Clone, Debug)]
 pub enum Driver {
-    Container(ContainerDriver),
+    Container(Box<ContainerDriver>),
     Host(HostDriver),
 }
 
@@ -104,9 +104,9 @@ impl Driver {
     /// image (the `"host"` view is keyed by a host fingerprint).
     pub fn create(spec: &DriverSpec, context: &CreateContext) -> Result<Driver, DriverError> {
         match spec {
-            DriverSpec::Container(container) => Ok(Driver::Container(ContainerDriver::create(
-                container, context,
-            )?)),
+            DriverSpec::Container(container) => Ok(Driver::Container(Box::new(
+                ContainerDriver::create(container, context)?,
+            ))),
             DriverSpec::Host(_) => Ok(Driver::Host(HostDriver)),
             DriverSpec::Qemu(_) => Err(DriverError::Unsupported("qemu")),
         }
@@ -170,8 +170,13 @@ pub struct CreateContext {
     pub helper: PathBuf,
 }
 
+/// Appends a line kiln itself writes to a job's log.
+pub fn append_to_log(log: &std::path::Path, text: &str) {
+    container::append_log(log, text);
+}
+
 /// Waits for `stop` to say something (or forever when the sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
+pub async fn stopped(stop: &mut watch::Receiver<Option<Stop>>) -> Stop {
     loop {
         if let Some(reason) = *stop.borrow_and_update() {
             return reason;

@@ -256,7 +256,8 @@ mod tests {
         let mut renamed = base.clone();
         renamed.deps[0].job = "other".into();
         assert_eq!(renamed.key(), key, "dependency names are not in the key");
-        let variants: Vec<Box<dyn Fn(&mut KeyInputs)>> = vec![
+        type Change = Box<dyn Fn(&mut KeyInputs)>;
+        let variants: Vec<Change> = vec![
             Box::new(|k| k.version += 1),
             Box::new(|k| k.driver.kind = "host".into()),
             Box::new(|k| k.driver.image = None),

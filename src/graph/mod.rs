@@ -43,6 +43,7 @@ pub struct BuildGraph {
     /// In topological order: every job comes after all of its `needs`.
     pub jobs: Vec<JobNode>,
     pub stages: Vec<String>,
+    pub allow_failures: Vec<String>,
     /// Djinn manifests run one job at a time.
     pub sequential: bool,
 }
@@ -110,6 +111,7 @@ impl BuildGraph {
         Ok(BuildGraph {
             jobs,
             stages: manifest.stages.clone(),
+            allow_failures: manifest.allow_failures.clone(),
             sequential: manifest.sequential,
         })
     }

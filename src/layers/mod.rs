@@ -230,3 +230,69 @@ fn save(
         size,
     }))
 }
+
+/// The output layer that turns `before` into `after`: changed and new
+/// entries in full (directories recursively), deletions as whiteouts.
+pub fn diff(
+    store: &mut Store,
+    before: &B3Digest,
+    after: &B3Digest,
+    roots: &TempRoots,
+) -> Result<B3Digest, LayerError> {
+    let tree = diff_trees(store, Some(before), after, roots)?;
+    Ok(store.add_tree(&tree, roots)?)
+}
+
+fn diff_trees(
+    store: &mut Store,
+    before: Option<&B3Digest>,
+    after: &B3Digest,
+    roots: &TempRoots,
+) -> Result<Tree, LayerError> {
+    use kiln_store::TreeEntry;
+    let new = store.tree(after)?;
+    let old = match before {
+        Some(digest) => store.tree(digest)?,
+        None => Tree::default(),
+    };
+    let old_entries: HashMap<&[u8], &Node> = old
+        .entries()
+        .iter()
+        .map(|entry| (entry.name.as_bytes(), &entry.node))
+        .collect();
+    let mut entries = Vec::new();
+    for entry in new.entries() {
+        match (old_entries.get(entry.name.as_bytes()), &entry.node) {
+            (Some(old), new) if *old == new => {}
+            (
+                Some(Node::Directory {
+                    digest: old_dir, ..
+                }),
+                Node::Directory { digest, .. },
+            ) => {
+                let sub = diff_trees(store, Some(old_dir), digest, roots)?;
+                let size = sub.size();
+                let digest = store.add_tree(&sub, roots)?;
+                entries.push(TreeEntry {
+                    name: entry.name.clone(),
+                    node: Node::Directory { digest, size },
+                });
+            }
+            _ => entries.push(entry.clone()),
+        }
+    }
+    let new_names: std::collections::HashSet<&[u8]> = new
+        .entries()
+        .iter()
+        .map(|entry| entry.name.as_bytes())
+        .collect();
+    for entry in old.entries() {
+        if !new_names.contains(entry.name.as_bytes()) {
+            entries.push(TreeEntry {
+                name: entry.name.clone(),
+                node: Node::Whiteout,
+            });
+        }
+    }
+    Ok(Tree::new(false, entries)?)
+}
