@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod image;
 pub mod manifest;
 pub mod store;
 
@@ -45,6 +46,9 @@ pub enum Command {
     /// Inspect and maintain the content-addressed store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Import, list and remove container images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -73,6 +77,9 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => manifest::eval(args),
         Command::Store(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| store::run(&dir, command))
+        }
+        Command::Image(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| image::run(&dir, command))
         }
     };
     match result {
