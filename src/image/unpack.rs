@@ -9,6 +9,7 @@
 //! skipped and reported. One [`Unpacker`] can apply several archives in order
 //! (the layers of an OCI image, later).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -16,6 +17,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use tar::EntryType;
 
@@ -56,9 +58,21 @@ impl Unpacker {
             archive: archive.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut tar = tar::Archive::new(reader);
+        let consumed = Rc::new(Cell::new(0u64));
+        let mut tar = tar::Archive::new(Counting {
+            inner: reader,
+            consumed: consumed.clone(),
+        });
+        // Where the data of the last entry ends (rounded up to a block).
+        let mut last_end = 0u64;
         for entry in tar.entries().map_err(bad_archive)? {
             let mut entry = entry.map_err(bad_archive)?;
+            let stored = if entry.header().entry_type() == EntryType::GNUSparse {
+                entry.header().entry_size().map_err(bad_archive)?
+            } else {
+                entry.size()
+            };
+            last_end = entry.raw_file_position() + stored.div_ceil(BLOCK) * BLOCK;
             let raw = entry.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&raw).into_owned();
             let unsafe_entry = |reason: String| ImageError::UnsafeEntry {
@@ -141,6 +155,16 @@ impl Unpacker {
                 ))),
             }
         }
+        // The tar crate ends quietly at an end of file between two entries:
+        // only the end-of-archive block tells a whole archive from a cut one.
+        if consumed.get() <= last_end || consumed.get() == 0 {
+            return Err(ImageError::Archive {
+                archive: archive.to_path_buf(),
+                reason: "it ends without an end-of-archive block (truncated?)".into(),
+            });
+        }
+        // Reading to the end checks the compressed stream's own checksum.
+        io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(bad_archive)?;
         Ok(())
     }
 
@@ -248,6 +272,22 @@ impl Unpacker {
             Some(Kind::Dir) | None => return Err(LinkError::NotEarlier),
         }
         Ok(())
+    }
+}
+
+const BLOCK: u64 = 512;
+
+/// Counts the bytes the tar reader consumed.
+struct Counting<R> {
+    inner: R,
+    consumed: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
     }
 }
 
