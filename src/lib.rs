@@ -6,5 +6,6 @@ pub mod events;
 pub mod graph;
 pub mod layers;
 pub mod resolve;
+pub mod image;
 pub mod sandbox;
 pub mod scheduler;

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod image;
 pub mod manifest;
 pub mod run;
 pub mod store;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Build caches saved by jobs (`caches = [ { key; paths; } ]`)
     #[command(subcommand)]
     Cache(run::CacheCommand),
+    /// Import, list and remove container images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -94,6 +98,9 @@ pub fn main() -> ExitCode {
         Command::Kill(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::kill(&dir, args)),
         Command::Cache(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| run::cache(&dir, command))
+        }
+        Command::Image(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| image::run(&dir, command))
         }
     };
     match result {
