@@ -251,6 +251,7 @@ fn plan_jobs(
     let mut ctx = StoreCtx::open(store_dir, temp.path())?;
     let set = DriverSet::of(graph);
     let context = CreateContext {
+        store_dir: store_dir.to_path_buf(),
         hidden: vec![store_dir.to_path_buf()],
         helper: std::env::current_exe().context("locating the kiln binary")?,
     };

@@ -7,23 +7,16 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use kiln_grammar::manifest::ContainerDriver as ContainerSpec;
-use kiln_store::B3Digest;
+use kiln_store::{B3Digest, Store};
 use tokio::sync::watch;
 
 use super::{CreateContext, DriverError, JobEnd, JobRun, RunOutcome, Stop, Workspace};
 use crate::graph::DriverKey;
+use crate::image;
 use crate::sandbox::{Limits, RootFs, SandboxOutcome, SandboxRun, SandboxSpec, WorkspaceSpec};
 
-/// The host files whose content identifies the host image (design §3).
-const HOST_FINGERPRINT_FILES: &[&str] = &[
-    "/etc/os-release",
-    "/usr/lib/os-release",
-    "/var/lib/dpkg/status",
-    "/var/lib/rpm/rpmdb.sqlite",
-    "/lib/apk/db/installed",
-    "/var/lib/pacman/local/ALPM_DB_VERSION",
-    "/etc/ld.so.cache",
-];
+/// Where imported images are restored for the sandbox, inside the store.
+pub const IMAGE_CACHE: &str = "image-cache";
 
 #[derive(Clone, Debug)]
 pub struct ContainerDriver {
@@ -34,22 +27,26 @@ pub struct ContainerDriver {
 }
 
 impl ContainerDriver {
+    /// Resolves the image (`"host"`, a `blake3:` digest or an imported
+    /// name) and lays it out for the sandbox (an imported image is restored
+    /// once into `<store>/image-cache/<digest>`).
     pub fn create(spec: &ContainerSpec, context: &CreateContext) -> Result<Self, DriverError> {
-        if spec.image != "host" {
-            return Err(DriverError::Image {
-                image: spec.image.clone(),
-                reason: format!(
-                    "no such image in the store; import it with `kiln image import {} SRC`",
-                    spec.image
-                ),
-            });
+        let image_error = |reason: String| DriverError::Image {
+            image: spec.image.clone(),
+            reason,
+        };
+        let mut store = Store::open(&context.store_dir).map_err(|e| image_error(e.to_string()))?;
+        let image =
+            image::resolve(&mut store, &spec.image).map_err(|e| image_error(e.to_string()))?;
+        let mut root = image::materialise(&store, &image, &context.store_dir.join(IMAGE_CACHE))
+            .map_err(|e| image_error(e.to_string()))?;
+        if let RootFs::Host { exclude } = &mut root {
+            exclude.extend(context.hidden.iter().cloned());
         }
         Ok(ContainerDriver {
             spec: spec.clone(),
-            root: RootFs::Host {
-                exclude: context.hidden.clone(),
-            },
-            image_digest: host_fingerprint(),
+            root,
+            image_digest: image.digest(),
             helper: context.helper.clone(),
         })
     }
@@ -178,25 +175,4 @@ pub(super) fn append_log(log: &Path, text: &str) {
     {
         let _ = file.write_all(text.as_bytes());
     }
-}
-
-/// blake3 over the files that identify the host's installed system; a
-/// host upgrade changes it and so every key of a `"host"` image job.
-pub fn host_fingerprint() -> B3Digest {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"kiln host image v1\0");
-    for path in HOST_FINGERPRINT_FILES {
-        hasher.update(path.as_bytes());
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                hasher.update(&[1]);
-                hasher.update(&(bytes.len() as u64).to_le_bytes());
-                hasher.update(&bytes);
-            }
-            Err(_) => {
-                hasher.update(&[0]);
-            }
-        }
-    }
-    B3Digest::from(hasher.finalize())
 }

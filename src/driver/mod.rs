@@ -164,6 +164,7 @@ impl Driver {
 /// What driver creation needs from the build.
 #[derive(Clone, Debug)]
 pub struct CreateContext {
+    pub store_dir: PathBuf,
     /// Host paths no job may see (the store, the build's temp dir).
     pub hidden: Vec<PathBuf>,
     /// The kiln binary, re-executed as the sandbox helper.

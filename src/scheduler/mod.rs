@@ -220,6 +220,7 @@ async fn run_in(
     // 1. Drivers, each recorded as its own job.
     let set = DriverSet::of(&graph);
     let context = CreateContext {
+        store_dir: options.store_dir.clone(),
         hidden: vec![options.store_dir.clone(), temp.clone()],
         helper: options.helper.clone(),
     };
