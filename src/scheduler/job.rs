@@ -276,8 +276,17 @@ fn prepare_workspace(
     std::fs::create_dir_all(job_dir).map_err(io(job_dir))?;
     match driver {
         Driver::Container(_) => {
-            let mut lower = vec![ctx.layers.directory(&ctx.store, base)?];
-            for layer in stack {
+            // overlayfs refuses one directory twice among its lower layers;
+            // keeping only the topmost copy of a repeated layer shows the
+            // same files (everything the lower copy has, the upper hides).
+            let all: Vec<B3Digest> = std::iter::once(*base)
+                .chain(stack.iter().copied())
+                .collect();
+            let mut lower = Vec::with_capacity(all.len());
+            for (position, layer) in all.iter().enumerate() {
+                if all[position + 1..].contains(layer) {
+                    continue;
+                }
                 lower.push(ctx.layers.directory(&ctx.store, layer)?);
             }
             let upper = job_dir.join("upper");
