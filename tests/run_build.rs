@@ -319,3 +319,51 @@ fn a_local_git_source_is_resolved_to_its_commit() {
     let resolved = run.of_type("source/resolved");
     assert_eq!(resolved[0]["revision"].as_str().unwrap().len(), 40);
 }
+
+#[test]
+fn build_caches_are_restored_before_and_saved_after_a_job() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "s" ];
+  jobs = {
+    j = {
+      stage = "s";
+      caches = [ { key = "counter-v1"; paths = [ "/root/.cache/counter" "rel-cache" ]; } ];
+      commands = [
+        "n=$(cat /root/.cache/counter/n 2>/dev/null || echo 0)"
+        "echo $((n+1)) > /root/.cache/counter/n"
+        "echo run >> rel-cache/log"
+        "echo $((n+1)) > seen"
+      ];
+      artifacts = [ "seen" ];
+    };
+  };
+}"#,
+    );
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let run = project.run(&["--no-cache"]);
+        assert_eq!(run.code, 0, "{}", run.describe());
+        assert_eq!(run.of_type("cache/saved").len(), 1, "{}", run.describe());
+        let digest = run.artifacts()[0].1.clone();
+        let out = project.dir.path().join(format!("seen-{}", seen.len()));
+        restore(&project.store, &digest, &out);
+        seen.push(std::fs::read_to_string(out).unwrap());
+    }
+    assert_eq!(seen, ["1\n", "2\n", "3\n"]);
+    let listed = project.kiln().args(["cache", "ls"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).starts_with("counter-v1\t"));
+    // A cache is not part of the key: without --no-cache the job is cached.
+    let cached = project.run(&[]);
+    assert_eq!(cached.status("j"), "cached");
+    let removed = project
+        .kiln()
+        .args(["cache", "rm", "counter-v1"])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    let listed = project.kiln().args(["cache", "ls"]).output().unwrap();
+    assert!(listed.stdout.is_empty());
+    project.assert_clean();
+}

@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use super::{CreateContext, DriverError, JobEnd, JobRun, RunOutcome, Stop, Workspace};
 use crate::graph::DriverKey;
 use crate::image;
-use crate::sandbox::{Limits, RootFs, SandboxOutcome, SandboxRun, SandboxSpec, WorkspaceSpec};
+use crate::sandbox::{
+    Bind, Limits, RootFs, SandboxOutcome, SandboxRun, SandboxSpec, WorkspaceSpec,
+};
 
 /// Where imported images are restored for the sandbox, inside the store.
 pub const IMAGE_CACHE: &str = "image-cache";
@@ -99,6 +101,14 @@ impl ContainerDriver {
         );
         spec.env = job.env.clone();
         spec.network = job.network;
+        spec.binds = job
+            .caches
+            .iter()
+            .map(|(source, target)| Bind {
+                source: source.clone(),
+                target: target.clone(),
+            })
+            .collect();
         spec.limits = Limits {
             memory_bytes: self.spec.memory.map(|mib| mib * 1024 * 1024),
             pids: self.spec.pids,

@@ -69,6 +69,8 @@ pub struct JobRun {
     pub workspace: Workspace,
     pub timeout: Option<Duration>,
     pub network: bool,
+    /// Build caches: (host directory, path inside the environment).
+    pub caches: Vec<(PathBuf, PathBuf)>,
 }
 
 /// How the workspace is given to the driver.

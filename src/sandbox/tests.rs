@@ -13,6 +13,7 @@ use super::sys::recording::RecordingSys;
 
 fn plan(root: PlannedRoot) -> Plan {
     Plan {
+        binds: Vec::new(),
         root,
         workspace_path: PathBuf::from("/work"),
         workspace_lower: vec![PathBuf::from("/layers/dep"), PathBuf::from("/layers/base")],

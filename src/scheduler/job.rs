@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use kiln_store::{B3Digest, JobArtifact, Node};
 
-use super::{JobDone, RunError, Shared};
+use super::{JobDone, RunError, Shared, caches};
 use crate::driver::{Driver, JobEnd, JobRun, Workspace};
 use crate::events::{Event, JobStatus};
 use crate::layers::{self};
@@ -121,6 +121,36 @@ pub(crate) async fn run_job(
             })
             .await
     };
+    let caches = match &prepared {
+        Ok(_) => {
+            let (job_dir, specs, driver) =
+                (job_dir.clone(), node.job.caches.clone(), driver.clone());
+            shared
+                .blocking(move |ctx, _| caches::restore(ctx, &driver, &job_dir, &specs))
+                .await
+        }
+        Err(_) => Ok(Vec::new()),
+    };
+    let caches = match caches {
+        Ok(caches) => caches,
+        Err(error) => {
+            emitter.emit(Event::Warning {
+                job: Some(name.clone()),
+                message: format!("build caches not restored: {error}"),
+            });
+            Vec::new()
+        }
+    };
+    for (cache, tree) in caches
+        .iter()
+        .filter_map(|c| c.restored.map(|tree| (c, tree)))
+    {
+        emitter.emit(Event::CacheRestored {
+            job: name.clone(),
+            key: cache.key.clone(),
+            tree,
+        });
+    }
     let outcome = match prepared {
         Ok((workspace, merged)) => {
             let run = JobRun {
@@ -131,6 +161,10 @@ pub(crate) async fn run_job(
                 workspace: workspace.clone(),
                 timeout: node.job.timeout,
                 network: node.job.network,
+                caches: caches
+                    .iter()
+                    .flat_map(|cache| cache.mounts.iter().cloned())
+                    .collect(),
             };
             let outcome = driver.run(run, shared.stop.clone()).await;
             Some((outcome, workspace, merged))
@@ -163,6 +197,7 @@ pub(crate) async fn run_job(
     let artifacts_spec = node.job.artifacts.clone();
     let record = cacheable;
     let finish_dir = job_dir.clone();
+    let caches_to_save = caches.clone();
     let finished = shared
         .blocking(move |ctx, _| {
             let mut end = end;
@@ -205,11 +240,16 @@ pub(crate) async fn run_job(
                 ctx.store
                     .record_job_result(key, output, log, PASSED, artifacts.clone())?;
             }
+            let saved = if matches!(end, JobEnd::Passed) {
+                caches::save(ctx, &caches_to_save)?
+            } else {
+                Vec::new()
+            };
             let _ = std::fs::remove_dir_all(&finish_dir);
-            Ok((end, output, log, artifacts))
+            Ok((end, output, log, artifacts, saved))
         })
         .await;
-    let (end, output, log, artifacts) = match finished {
+    let (end, output, log, artifacts, saved) = match finished {
         Ok(finished) => finished,
         Err(error) => {
             let _ = std::fs::remove_dir_all(&job_dir);
@@ -217,6 +257,7 @@ pub(crate) async fn run_job(
                 JobEnd::Failed(format!("capturing the job's output failed: {error}")),
                 None,
                 None,
+                Vec::new(),
                 Vec::new(),
             )
         }
@@ -236,6 +277,14 @@ pub(crate) async fn run_job(
             }),
         ),
     };
+    for (key, tree, size) in saved {
+        emitter.emit(Event::CacheSaved {
+            job: name.clone(),
+            key,
+            tree,
+            size,
+        });
+    }
     if status == JobStatus::Passed {
         for artifact in artifacts {
             emitter.emit(Event::ArtifactSaved {

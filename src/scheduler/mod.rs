@@ -8,6 +8,7 @@
 //! timeout), `run_build` returns only after every job's processes are gone,
 //! every driver is destroyed and the build's temp dir is removed.
 
+mod caches;
 pub mod explain;
 mod job;
 pub mod prepare;
