@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod manifest;
+pub mod records;
 pub mod store;
 
 /// Exit code for an invalid manifest.
@@ -45,6 +46,18 @@ pub enum Command {
     /// Inspect and maintain the content-addressed store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// List builds: number, status, start, duration
+    Builds(records::BuildsArgs),
+    /// Show a build's jobs: status, duration, cached or not
+    Show(records::ShowArgs),
+    /// Print a build's job logs (one job, or all in order)
+    Log(records::LogArgs),
+    /// List a build's artifacts, or `get` one into a file or directory
+    Artifacts(records::ArtifactsArgs),
+    /// Keep a build's artifacts from curation
+    Pin(records::PinArgs),
+    /// Let curation drop a build's artifacts again
+    Unpin(records::PinArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -73,6 +86,24 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => manifest::eval(args),
         Command::Store(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| store::run(&dir, command))
+        }
+        Command::Builds(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::builds(&dir, args))
+        }
+        Command::Show(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::show(&dir, args))
+        }
+        Command::Log(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::log(&dir, args))
+        }
+        Command::Artifacts(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::artifacts(&dir, args))
+        }
+        Command::Pin(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, true))
+        }
+        Command::Unpin(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, false))
         }
     };
     match result {
