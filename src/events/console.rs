@@ -285,6 +285,11 @@ impl Interceptor for LiveConsole {
         self.build = envelope.build;
         self.table.record(envelope);
         match &envelope.event {
+            Event::BuildStart { jobs, .. } if self.overall.is_some() => {
+                if let Some(overall) = &self.overall {
+                    overall.set_length(u64::from(*jobs));
+                }
+            }
             Event::BuildStart { jobs, .. } => {
                 let style = ProgressStyle::with_template(
                     "build {prefix}: {pos}/{len} jobs done  {elapsed}",
