@@ -410,13 +410,56 @@ fn a_persisted_build_reads_back_through_the_cli() {
     assert_eq!(kinds.last(), Some(&"build/status"));
     assert!(!kinds.contains(&"job/output"));
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
-    let store_fsck = store;
-    drop(store_fsck);
+    // The same envelopes come back out, one JSON line each.
+    let lines = stdout(kiln(&store_dir).args(["show", "1", "--events"]));
+    let replayed: Vec<kiln::events::Envelope> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(replayed.len(), events.len());
+    assert_eq!(replayed[0].event.kind(), "build/queued");
+    drop(store);
     let mut store = Store::open(&store_dir).unwrap();
     assert!(
         store
             .fsck(&kiln_store::FsckOptions::default())
             .unwrap()
             .is_clean()
+    );
+}
+
+#[test]
+fn a_running_build_whose_process_is_gone_says_so() {
+    let scratch = tempfile::tempdir().unwrap();
+    let store_dir = scratch.path().join("store");
+    let mut store = Store::open(&store_dir).unwrap();
+    let build = store.create_build("demo").unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let batch = kiln_store::BuildBatch {
+        process: Some((dead_pid, kiln::events::local::hostname())),
+        ..kiln_store::BuildBatch::default()
+    };
+    store.record_build_batch(build, &batch).unwrap();
+    let builds = stdout(kiln(&store_dir).arg("builds"));
+    assert!(builds.contains("running (process gone)"), "{builds}");
+    let show = stdout(kiln(&store_dir).args(["show", "1"]));
+    assert!(
+        show.contains(&format!(
+            "its kiln process {dead_pid} is gone without finishing"
+        )),
+        "{show}"
+    );
+    // A live process is just running.
+    let batch = kiln_store::BuildBatch {
+        process: Some((std::process::id(), kiln::events::local::hostname())),
+        ..kiln_store::BuildBatch::default()
+    };
+    store.record_build_batch(build, &batch).unwrap();
+    let builds = stdout(kiln(&store_dir).arg("builds"));
+    assert!(
+        builds.contains("running  ") && !builds.contains("gone"),
+        "{builds}"
     );
 }

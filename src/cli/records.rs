@@ -45,6 +45,9 @@ pub struct ShowArgs {
     pub build: BuildSelector,
     #[arg(long)]
     pub json: bool,
+    /// Print the build's recorded events, one JSON envelope a line
+    #[arg(long, conflicts_with = "json")]
+    pub events: bool,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +118,24 @@ fn resolve(store: Option<&Store>, selector: BuildSelector) -> anyhow::Result<Bui
     }
 }
 
+/// A build recorded as running whose process on this host is gone was
+/// killed hard or crashed: say so rather than "running".
+fn orphaned(record: &BuildRecord) -> Option<u32> {
+    if record.status.is_finished() {
+        return None;
+    }
+    let pid = record.pid?;
+    let here = record.host.as_deref() == Some(crate::events::local::hostname().as_str());
+    (here && !Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+fn status_label(record: &BuildRecord) -> String {
+    match orphaned(record) {
+        Some(_) => format!("{} (process gone)", build_status_label(record.status)),
+        None => build_status_label(record.status).to_owned(),
+    }
+}
+
 fn time(ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(at).to_string()
@@ -139,6 +160,7 @@ fn build_json(record: &BuildRecord) -> serde_json::Value {
         "pinned": record.pinned,
         "pid": record.pid,
         "host": record.host,
+        "process_gone": orphaned(record).is_some(),
     })
 }
 
@@ -195,7 +217,7 @@ pub fn builds(dir: &Path, args: BuildsArgs) -> anyhow::Result<ExitCode> {
         .map(|record| {
             vec![
                 record.id.to_string(),
-                build_status_label(record.status).to_owned(),
+                status_label(record),
                 time(record.started),
                 took(record),
                 if record.pinned { "pinned" } else { "" }.to_owned(),
@@ -234,6 +256,16 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
     let store = open(dir)?;
     let record = resolve(store.as_ref(), args.build)?;
     let store = store.context("there is no build yet")?;
+    if args.events {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for event in store.build_events(record.id)? {
+            if writeln!(out, "{}", event.body).is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let _ = out.flush();
+        return Ok(ExitCode::SUCCESS);
+    }
     let jobs = store.build_jobs(record.id)?;
     let artifacts = store.artifacts(record.id)?;
     if args.json {
@@ -249,13 +281,18 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
     let mut out = format!(
         "build {}: {}, started {}, took {}{}\n",
         record.id,
-        build_status_label(record.status),
+        status_label(&record),
         time(record.started),
         took(&record),
         if record.pinned { ", pinned" } else { "" }
     );
     if let Some(manifest) = &record.manifest {
         out.push_str(&format!("manifest: {manifest}\n"));
+    }
+    if let Some(pid) = orphaned(&record) {
+        out.push_str(&format!(
+            "its kiln process {pid} is gone without finishing the build (killed or crashed)\n"
+        ));
     }
     let rows: Vec<Vec<String>> = jobs
         .iter()

@@ -166,3 +166,37 @@ fn a_replaced_log_moves_its_reference_and_full_gc_agrees() {
         "the replaced log was swept"
     );
 }
+
+#[test]
+fn a_version_1_store_is_migrated_and_keeps_its_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        let build = store.create_build("old").unwrap();
+        store.set_build_status(build, BuildStatus::Passed).unwrap();
+    }
+    // Turn the index back into what a version-1 kiln wrote.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("index.sqlite")).unwrap();
+        conn.execute_batch(
+            "DROP TABLE build_jobs; DROP TABLE events; DROP TABLE key_history;
+             ALTER TABLE builds DROP COLUMN manifest;
+             ALTER TABLE builds DROP COLUMN pid;
+             ALTER TABLE builds DROP COLUMN host;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(dir.path()).unwrap();
+    let old = store.build(BuildId(1)).unwrap();
+    assert_eq!(old.status, BuildStatus::Passed);
+    assert_eq!(old.pid, None);
+    assert!(store.build_jobs(BuildId(1)).unwrap().is_empty());
+    let batch = BuildBatch {
+        jobs: vec![job("compile", 1, "passed")],
+        ..BuildBatch::default()
+    };
+    store.record_build_batch(BuildId(1), &batch).unwrap();
+    assert_eq!(store.build_jobs(BuildId(1)).unwrap().len(), 1);
+    assert!(store.fsck(&FsckOptions::default()).unwrap().is_clean());
+}
