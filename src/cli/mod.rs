@@ -10,8 +10,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod image;
 pub mod manifest;
 pub mod records;
+pub mod run;
 pub mod store;
 
 /// Exit code for an invalid manifest.
@@ -46,6 +48,20 @@ pub enum Command {
     /// Inspect and maintain the content-addressed store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Run a build: jobs in containers, outputs in the store, unchanged jobs from cache
+    Run(run::RunArgs),
+    /// Show each job of a build with its key and whether it would run or be cached
+    Plan(run::PlanArgs),
+    /// Say which key component of a job changed since its last run
+    Explain(run::ExplainArgs),
+    /// Stop a running build (Killed)
+    Kill(run::KillArgs),
+    /// Build caches saved by jobs (`caches = [ { key; paths; } ]`)
+    #[command(subcommand)]
+    Cache(run::CacheCommand),
+    /// Import, list and remove container images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// List builds: number, status, start, duration
     Builds(records::BuildsArgs),
     /// Show a build's jobs: status, duration, cached or not
@@ -86,6 +102,18 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => manifest::eval(args),
         Command::Store(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| store::run(&dir, command))
+        }
+        Command::Run(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::run(&dir, args)),
+        Command::Plan(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::plan(&dir, args)),
+        Command::Explain(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| run::explain(&dir, args))
+        }
+        Command::Kill(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::kill(&dir, args)),
+        Command::Cache(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| run::cache(&dir, command))
+        }
+        Command::Image(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| image::run(&dir, command))
         }
         Command::Builds(args) => {
             store_dir(cli.store.as_ref()).and_then(|dir| records::builds(&dir, args))
