@@ -361,3 +361,24 @@ fn live_console_under_a_pseudo_terminal() {
         "{last}"
     );
 }
+
+#[test]
+fn a_flow_that_ends_without_build_end_is_recorded_as_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let build = Store::open(dir.path()).unwrap().create_build("o").unwrap();
+    let router = Router::new()
+        .handler(BuildStatusHandler::ROUTE, BuildStatusHandler::default())
+        .interceptor(Route::All, Persist::open(dir.path(), build).unwrap());
+    runtime().block_on(async {
+        let bus = EventBus::start(build.0, router).unwrap();
+        bus.emitter().emit(Event::BuildStart {
+            stages: vec!["s".into()],
+            jobs: 1,
+        });
+        bus.finish().await.unwrap();
+    });
+    let store = Store::open(dir.path()).unwrap();
+    let record = store.build(build).unwrap();
+    assert_eq!(record.status, BuildStatus::Failed);
+    assert!(record.finished.is_some());
+}

@@ -11,6 +11,8 @@ pub struct Persist {
     store: Store,
     build: BuildId,
     batch: BuildBatch,
+    /// Whether a finished build status was recorded.
+    ended: bool,
 }
 
 impl Persist {
@@ -29,6 +31,7 @@ impl Persist {
             store,
             build,
             batch: BuildBatch::default(),
+            ended: false,
         }
     }
 
@@ -63,7 +66,10 @@ impl Interceptor for Persist {
             Event::BuildInitializing { pid, host } => {
                 self.batch.process = Some((*pid, host.clone()))
             }
-            Event::BuildStatusChanged { status } => self.batch.status = Some(*status),
+            Event::BuildStatusChanged { status } => {
+                self.ended |= status.is_finished();
+                self.batch.status = Some(*status);
+            }
             Event::JobQueued { job, stage } => {
                 self.job(envelope, job, stage, JobStatus::Queued);
             }
@@ -136,6 +142,16 @@ impl Interceptor for Persist {
             });
         }
         Ok(())
+    }
+
+    /// A flow that ends without a finished status (its runner failed before
+    /// `build/end`) is recorded as failed rather than running forever.
+    fn finish(&mut self) -> Result<(), EventError> {
+        if !self.ended {
+            self.batch.status = Some(kiln_store::BuildStatus::Failed);
+            self.ended = true;
+        }
+        self.flush()
     }
 
     fn flush(&mut self) -> Result<(), EventError> {
