@@ -363,3 +363,79 @@ impl Interceptor for LiveConsole {
         stderr.flush().map_err(output_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::B3Digest;
+
+    fn envelope(seq: u64, event: Event) -> Envelope {
+        Envelope {
+            seq,
+            time_ms: seq as i64 * 10,
+            build: 5,
+            event,
+        }
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(0), "0ms");
+        assert_eq!(duration(999), "999ms");
+        assert_eq!(duration(1234), "1.2s");
+        assert_eq!(duration(61_000), "1m01s");
+        assert_eq!(duration(3_600_000), "60m00s");
+    }
+
+    #[test]
+    fn a_long_summary_lists_only_the_jobs_that_did_not_pass() {
+        let mut table = JobTable::default();
+        table.record(&envelope(
+            1,
+            Event::BuildQueued {
+                owner: "o".into(),
+                manifest: "m".into(),
+            },
+        ));
+        for n in 0..50u64 {
+            table.record(&envelope(
+                2 + n,
+                Event::JobCached {
+                    job: format!("lib{n:02}"),
+                    stage: "build".into(),
+                    key: B3Digest::of(&n.to_le_bytes()),
+                    key_inputs: None,
+                    output_layer: B3Digest::of(b"l"),
+                    log: None,
+                },
+            ));
+        }
+        table.record(&envelope(
+            60,
+            Event::JobEnd {
+                job: "link".into(),
+                stage: "build".into(),
+                status: JobStatus::Failed,
+                duration_ms: 2500,
+                exit_code: Some(1),
+                log: None,
+                output_layer: None,
+                message: None,
+            },
+        ));
+        table.record(&envelope(
+            61,
+            Event::BuildStatusChanged {
+                status: BuildStatus::Failed,
+            },
+        ));
+        assert_eq!(
+            table.render(5, SUMMARY_LIMIT),
+            "JOB   STAGE  STATUS  DURATION  CACHED\n\
+             link  build  failed      2.5s  no\n\
+             … and 50 more passed or cached job(s)\n\
+             build 5 failed in 600ms: 0 passed, 50 cached, 1 failed, 0 skipped\n"
+        );
+        assert_eq!(table.render(5, 100).lines().count(), 53);
+    }
+}
