@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 pub mod image;
 pub mod manifest;
+pub mod records;
 pub mod run;
 pub mod store;
 
@@ -61,6 +62,18 @@ pub enum Command {
     /// Import, list and remove container images
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// List builds: number, status, start, duration
+    Builds(records::BuildsArgs),
+    /// Show a build's jobs: status, duration, cached or not
+    Show(records::ShowArgs),
+    /// Print a build's job logs (one job, or all in order)
+    Log(records::LogArgs),
+    /// List a build's artifacts, or `get` one into a file or directory
+    Artifacts(records::ArtifactsArgs),
+    /// Keep a build's artifacts from curation
+    Pin(records::PinArgs),
+    /// Let curation drop a build's artifacts again
+    Unpin(records::PinArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -101,6 +114,24 @@ pub fn main() -> ExitCode {
         }
         Command::Image(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| image::run(&dir, command))
+        }
+        Command::Builds(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::builds(&dir, args))
+        }
+        Command::Show(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::show(&dir, args))
+        }
+        Command::Log(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::log(&dir, args))
+        }
+        Command::Artifacts(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::artifacts(&dir, args))
+        }
+        Command::Pin(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, true))
+        }
+        Command::Unpin(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, false))
         }
     };
     match result {

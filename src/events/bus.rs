@@ -167,3 +167,184 @@ fn drain(
     report.flushes += 1;
     (report, errors)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::events::handlers::BuildStatusHandler;
+    use crate::events::{BuildStatus, Interceptor, Route};
+
+    #[derive(Clone, Default)]
+    struct Recorder {
+        seen: Arc<Mutex<Vec<Envelope>>>,
+        flushes: Arc<Mutex<u64>>,
+        fail_on: Option<&'static str>,
+    }
+
+    impl Interceptor for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn intercept(&mut self, envelope: &Envelope) -> Result<(), EventError> {
+            if self.fail_on == Some(envelope.event.kind()) {
+                return Err(EventError::Interceptor {
+                    interceptor: "recorder",
+                    message: format!("refused event {}", envelope.seq),
+                });
+            }
+            self.seen.lock().unwrap().push(envelope.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), EventError> {
+            *self.flushes.lock().unwrap() += 1;
+            Ok(())
+        }
+    }
+
+    fn warning(n: usize) -> Event {
+        Event::Warning {
+            job: None,
+            message: format!("w{n}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn derived_events_follow_their_cause_in_one_sequence() {
+        let recorder = Recorder::default();
+        let router = Router::new()
+            .handler(BuildStatusHandler::ROUTE, BuildStatusHandler::default())
+            .interceptor(Route::All, recorder.clone());
+        let bus = EventBus::start(9, router).unwrap();
+        let emitter = bus.emitter();
+        emitter.emit(Event::BuildStart {
+            stages: vec!["a".into()],
+            jobs: 1,
+        });
+        emitter.emit(Event::StageEnd {
+            stage: "a".into(),
+            status: BuildStatus::Failed,
+        });
+        emitter.emit(Event::BuildEnd {
+            status: BuildStatus::Passed,
+            duration_ms: 5,
+        });
+        let report = bus.finish().await.unwrap();
+        assert_eq!(report.events, 5);
+        let seen = recorder.seen.lock().unwrap();
+        let kinds: Vec<(u64, &str)> = seen.iter().map(|e| (e.seq, e.event.kind())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, "build/start"),
+                (2, "build/status"),
+                (3, "stage/end"),
+                (4, "build/end"),
+                (5, "build/status"),
+            ]
+        );
+        assert!(seen.iter().all(|e| e.build == 9));
+        assert_eq!(
+            seen[4].event,
+            Event::BuildStatusChanged {
+                status: BuildStatus::Failed
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn emitters_on_tasks_and_threads_all_arrive_and_bursts_are_batched() {
+        let recorder = Recorder::default();
+        let bus =
+            EventBus::start(1, Router::new().interceptor(Route::All, recorder.clone())).unwrap();
+        let mut tasks = Vec::new();
+        for task in 0..4 {
+            let emitter = bus.emitter();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..500 {
+                    emitter.emit(warning(task * 1000 + n));
+                }
+            }));
+        }
+        let emitter = bus.emitter();
+        let thread = std::thread::spawn(move || {
+            for n in 0..500 {
+                emitter.emit(warning(9000 + n));
+            }
+        });
+        for task in tasks {
+            task.await.unwrap();
+        }
+        thread.join().unwrap();
+        let report = bus.finish().await.unwrap();
+        assert_eq!(report.events, 2500);
+        let seen = recorder.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2500);
+        assert!(seen.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        let flushes = *recorder.flushes.lock().unwrap();
+        assert!(
+            flushes < 100,
+            "2,500 events emitted at once should take few flushes, took {flushes}"
+        );
+    }
+
+    #[tokio::test]
+    async fn interceptor_errors_are_returned_and_the_others_keep_going() {
+        let failing = Recorder {
+            fail_on: Some("warning"),
+            ..Recorder::default()
+        };
+        let healthy = Recorder::default();
+        let router = Router::new()
+            .interceptor(Route::All, failing.clone())
+            .interceptor(Route::Kinds(&["warning"]), healthy.clone());
+        let bus = EventBus::start(1, router).unwrap();
+        bus.emitter().emit(warning(1));
+        bus.emitter().emit(Event::StageStart { stage: "s".into() });
+        bus.emitter().emit(warning(2));
+        match bus.finish().await {
+            Err(EventError::Interceptors(errors)) => {
+                assert_eq!(errors.len(), 2);
+                assert!(
+                    errors[0].to_string().contains("refused event 1"),
+                    "{}",
+                    errors[0]
+                );
+            }
+            other => panic!("expected interceptor errors, got {other:?}"),
+        }
+        assert_eq!(failing.seen.lock().unwrap().len(), 1);
+        // The route kept the stage event away from the second interceptor.
+        assert_eq!(healthy.seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn forwarded_envelopes_keep_their_stamp_and_later_ones_follow() {
+        let recorder = Recorder::default();
+        let bus =
+            EventBus::start(4, Router::new().interceptor(Route::All, recorder.clone())).unwrap();
+        let remote = Envelope {
+            seq: 41,
+            time_ms: 123,
+            build: 4,
+            event: warning(0),
+        };
+        // As a controller would after reading a line from a child build.
+        let line = serde_json::to_string(&remote).unwrap();
+        bus.emitter().forward(serde_json::from_str(&line).unwrap());
+        bus.emitter().emit(warning(1));
+        bus.finish().await.unwrap();
+        let seen = recorder.seen.lock().unwrap();
+        assert_eq!(seen[0], remote);
+        assert_eq!(seen[1].seq, 42);
+    }
+
+    #[test]
+    fn starting_outside_a_runtime_is_a_clear_error() {
+        assert!(matches!(
+            EventBus::start(1, Router::new()),
+            Err(EventError::NoRuntime)
+        ));
+    }
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use kiln_store::Store;
 
-use super::console::PlainConsole;
+use super::console::{LiveConsole, PlainConsole};
 use super::handlers::BuildStatusHandler;
 use super::json::JsonLines;
 use super::persist::Persist;
@@ -59,11 +59,17 @@ impl LocalBus {
             ConsoleMode::Auto => ConsoleMode::Plain,
             other => other,
         };
-        if matches!(console, ConsoleMode::Plain | ConsoleMode::Live) {
-            router = router.interceptor(
-                Route::All,
-                PlainConsole::new(std::io::stderr(), options.quiet),
-            );
+        match console {
+            ConsoleMode::Plain => {
+                router = router.interceptor(
+                    Route::All,
+                    PlainConsole::new(std::io::stderr(), options.quiet),
+                )
+            }
+            ConsoleMode::Live => {
+                router = router.interceptor(Route::All, LiveConsole::new(options.quiet))
+            }
+            ConsoleMode::Auto | ConsoleMode::Off => {}
         }
         if options.json {
             router = router.interceptor(Route::All, JsonLines::stdout());
