@@ -16,6 +16,9 @@ pub enum ImageError {
     )]
     NotFound { name: String },
 
+    #[error("no image named {name:?} in the store (`kiln image ls` lists the imported images)")]
+    NotImported { name: String },
+
     #[error(
         "no tree {digest} in the store: it is not an image (import one with `kiln image import NAME SRC`)"
     )]

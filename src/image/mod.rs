@@ -32,6 +32,13 @@ pub use name::validate_name;
 /// The name of the built-in host image.
 pub const HOST_IMAGE: &str = "host";
 
+/// Where [`materialise`] keeps restored images unless told otherwise:
+/// `<store>/images`, inside the store directory so that the host view,
+/// which hides the store, hides them too.
+pub fn default_cache_dir(store: &Store) -> std::path::PathBuf {
+    store.dir().join("images")
+}
+
 /// A resolved image: what a job key and a driver need.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
