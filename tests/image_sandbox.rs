@@ -116,3 +116,37 @@ fn an_imported_busybox_image_runs_a_job() {
         !cached.join("work").exists() || fs::read_dir(cached.join("work")).unwrap().count() == 0
     );
 }
+
+#[test]
+fn the_host_image_hides_secrets_and_the_store() {
+    // A store below a directory the host view shows (not /tmp, which is
+    // hidden anyway), so that hiding it is really the exclusion's doing.
+    let Ok(store_parent) = tempfile::tempdir_in("/var/lib") else {
+        eprintln!("skipped: /var/lib is not writable");
+        return;
+    };
+    let store_dir = store_parent.path().join("store");
+    let mut store = Store::open(&store_dir).unwrap();
+    let image = resolve(&mut store, "host").unwrap();
+    let root = materialise(&store, &image, &image::default_cache_dir(&store)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "test -s /etc/os-release && echo sees-the-host\n\
+         test -e /etc/shadow && ! test -s /etc/shadow && echo shadow-empty\n\
+         ls -A {store} | wc -l\n\
+         ls -A /root /home | wc -l\n",
+        store = store_dir.display()
+    );
+    let (outcome, output) = run_job(dir.path(), root, &script);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        outcome,
+        SandboxOutcome::Exited { code: 0 },
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // `ls -A /root /home` prints the two headers and a blank line.
+    assert_eq!(stdout, "sees-the-host\nshadow-empty\n0\n3\n");
+    // Outside the sandbox the store is not empty.
+    assert!(fs::read_dir(&store_dir).unwrap().count() > 0);
+}
