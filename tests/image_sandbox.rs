@@ -115,6 +115,20 @@ fn an_imported_busybox_image_runs_a_job() {
     assert!(
         !cached.join("work").exists() || fs::read_dir(cached.join("work")).unwrap().count() == 0
     );
+    // The cache inside the store directory does not bother the store.
+    drop(store);
+    let fsck = std::process::Command::new(HELPER)
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args(["store", "fsck", "--repair"])
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{fsck:?}");
+    assert!(
+        String::from_utf8_lossy(&fsck.stdout).contains("clean"),
+        "{fsck:?}"
+    );
+    assert!(cached.join("bin/busybox").exists());
 }
 
 #[test]
