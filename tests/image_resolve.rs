@@ -325,3 +325,33 @@ fn a_dead_restore_is_cleaned_up_and_never_used() {
     assert!(!layers[0].join("etc/half").exists());
     assert_eq!(listing(&layers[0]), listing(&dir.path().join("rootfs")));
 }
+
+#[test]
+fn a_broken_image_says_to_import_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = imported(dir.path(), "fragile");
+    drop(store);
+    // Lose every chunk, then let fsck notice and mark the root.
+    let chunks = dir.path().join("store/chunks");
+    for shard in fs::read_dir(&chunks).unwrap() {
+        for chunk in fs::read_dir(shard.unwrap().path()).unwrap() {
+            fs::remove_file(chunk.unwrap().path()).unwrap();
+        }
+    }
+    let fsck = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args(["store", "fsck", "--repair"])
+        .output()
+        .unwrap();
+    assert!(!fsck.stdout.is_empty(), "{fsck:?}");
+    let mut store = Store::open(dir.path().join("store")).unwrap();
+    let err = resolve(&mut store, "fragile").unwrap_err();
+    assert!(matches!(err, ImageError::Broken { .. }), "{err}");
+    assert!(
+        err.to_string().contains("kiln image import fragile SRC"),
+        "{err}"
+    );
+    let listed = image::list(&store).unwrap();
+    assert!(listed[0].broken && listed[0].name == "fragile");
+}

@@ -33,10 +33,10 @@ pub use name::validate_name;
 pub const HOST_IMAGE: &str = "host";
 
 /// Where [`materialise`] keeps restored images unless told otherwise:
-/// `<store>/images`, inside the store directory so that the host view,
+/// `<store>/image-cache`, inside the store directory so that the host view,
 /// which hides the store, hides them too.
 pub fn default_cache_dir(store: &Store) -> std::path::PathBuf {
-    store.dir().join("images")
+    store.dir().join("image-cache")
 }
 
 /// A resolved image: what a job key and a driver need.
@@ -110,7 +110,12 @@ pub fn resolve(store: &mut Store, name: &str) -> Result<ImageRef, ImageError> {
     }
     validate_name(name)?;
     let root = match store.get_root(RootKind::Image, name)? {
-        Some(root) if !root.broken && root.object.kind == ObjectKind::Tree => root,
+        Some(root) if root.broken => {
+            return Err(ImageError::Broken {
+                name: name.to_owned(),
+            });
+        }
+        Some(root) if root.object.kind == ObjectKind::Tree => root,
         _ => {
             return Err(ImageError::NotFound {
                 name: name.to_owned(),
