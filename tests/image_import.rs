@@ -86,6 +86,7 @@ fn a_directory_and_its_tarballs_give_one_digest() {
          && tar -C rootfs -cf nodot.tar usr etc bin var",
         dir.path(),
     );
+    symlink("rootfs", dir.path().join("link")).unwrap();
     let from_dir = ok(&store, &["image", "import", "tiny", s(&root)]);
     assert!(from_dir.starts_with("blake3:"), "{from_dir}");
     for (name, file) in [
@@ -94,6 +95,7 @@ fn a_directory_and_its_tarballs_give_one_digest() {
         ("tiny:zst", "r.tar.zst"),
         ("tiny.renamed", "renamed.bin"),
         ("tiny_nodot", "nodot.tar"),
+        ("tiny-link", "link"),
     ] {
         let digest = ok(
             &store,

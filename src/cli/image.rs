@@ -66,8 +66,9 @@ pub fn run(store_dir: &Path, command: ImageCommand) -> anyhow::Result<ExitCode> 
                     SourceKind::Archive(format) => format.to_string(),
                 };
                 println!("{}", report.digest);
+                let plural = if report.files == 1 { "" } else { "s" };
                 eprintln!(
-                    "imported image {} from {} ({from}): {} files, {}",
+                    "imported image {} from {} ({from}): {} file{plural}, {}",
                     report.name,
                     src.display(),
                     report.files,
@@ -102,7 +103,7 @@ pub fn run(store_dir: &Path, command: ImageCommand) -> anyhow::Result<ExitCode> 
                 ));
             }
             for line in lines {
-                if let Err(e) = writeln!(out, "{line}") {
+                if let Err(e) = writeln!(out, "{}", line.trim_end()) {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {
                         return Ok(ExitCode::SUCCESS);
                     }

@@ -48,7 +48,7 @@ pub fn list(store: &Store) -> Result<Vec<ImageInfo>, ImageError> {
 /// unless something else uses it. Returns the digest it named.
 pub fn remove(store: &mut Store, name: &str) -> Result<B3Digest, ImageError> {
     validate_name(name)?;
-    let not_found = || ImageError::NotFound {
+    let not_found = || ImageError::NotImported {
         name: name.to_owned(),
     };
     let root = store

@@ -16,6 +16,15 @@ pub enum ImageError {
     )]
     NotFound { name: String },
 
+    #[error("no image named {name:?} in the store (`kiln image ls` lists the imported images)")]
+    NotImported { name: String },
+
+    #[error(
+        "image {name:?} is broken (its data was lost; `kiln store fsck` found it damaged): \
+         import it again with `kiln image import {name} SRC`"
+    )]
+    Broken { name: String },
+
     #[error(
         "no tree {digest} in the store: it is not an image (import one with `kiln image import NAME SRC`)"
     )]

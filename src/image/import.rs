@@ -93,6 +93,8 @@ pub fn import(
     options: &ImportOptions<'_>,
 ) -> Result<ImportReport, ImageError> {
     validate_name(name)?;
+    // A symlink to a directory or an archive means what it points at.
+    let source = &fs::canonicalize(source).at(source)?;
     let meta = fs::metadata(source).at(source)?;
     let roots = store.temp_roots()?;
     let (kind, imported) = if meta.is_dir() {
@@ -375,4 +377,53 @@ fn find_special(dir: &Path, found: &mut Vec<(PathBuf, &'static str)>) -> Result<
         found.push((entry.path(), kind));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detected(name: &str, bytes: &[u8]) -> Result<ArchiveFormat, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        fs::write(&path, bytes).unwrap();
+        detect(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn archives_are_recognised_by_content_not_name() {
+        let mut ustar = vec![0u8; 1024];
+        ustar[257..263].copy_from_slice(b"ustar\0");
+        assert_eq!(detected("image.bin", &ustar), Ok(ArchiveFormat::Tar));
+        assert_eq!(
+            detected("x.tar.zst", &[0x1f, 0x8b, 8, 0]),
+            Ok(ArchiveFormat::TarGzip)
+        );
+        assert_eq!(
+            detected("x.tgz", &[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            Ok(ArchiveFormat::TarZstd)
+        );
+        // A v7 tar has no magic: only then does the name count.
+        assert_eq!(detected("old.tar", &[1u8; 512]), Ok(ArchiveFormat::Tar));
+        assert!(
+            detected("old.bin", &[1u8; 512])
+                .unwrap_err()
+                .contains("not a directory nor")
+        );
+        assert!(
+            detected("x.tar.xz", b"\xfd7zXZ\0rest")
+                .unwrap_err()
+                .contains("xz-compressed")
+        );
+        assert!(
+            detected("x.tar.bz2", b"BZh91AY")
+                .unwrap_err()
+                .contains("bzip2")
+        );
+        assert!(
+            detected("empty.tar", b"")
+                .unwrap_err()
+                .contains("not a directory nor")
+        );
+    }
 }

@@ -32,6 +32,13 @@ pub use name::validate_name;
 /// The name of the built-in host image.
 pub const HOST_IMAGE: &str = "host";
 
+/// Where [`materialise`] keeps restored images unless told otherwise:
+/// `<store>/image-cache`, inside the store directory so that the host view,
+/// which hides the store, hides them too.
+pub fn default_cache_dir(store: &Store) -> std::path::PathBuf {
+    store.dir().join("image-cache")
+}
+
 /// A resolved image: what a job key and a driver need.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -103,7 +110,12 @@ pub fn resolve(store: &mut Store, name: &str) -> Result<ImageRef, ImageError> {
     }
     validate_name(name)?;
     let root = match store.get_root(RootKind::Image, name)? {
-        Some(root) if !root.broken && root.object.kind == ObjectKind::Tree => root,
+        Some(root) if root.broken => {
+            return Err(ImageError::Broken {
+                name: name.to_owned(),
+            });
+        }
+        Some(root) if root.object.kind == ObjectKind::Tree => root,
         _ => {
             return Err(ImageError::NotFound {
                 name: name.to_owned(),

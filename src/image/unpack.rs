@@ -359,6 +359,137 @@ pub(crate) fn normalise(raw: &[u8]) -> Result<PathBuf, &'static str> {
 mod tests {
     use super::*;
 
+    enum Item<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a str, u32),
+        Symlink(&'a str, &'a str),
+        HardLink(&'a str, &'a str),
+    }
+
+    /// An archive built entry by entry (the `tar` crate writes GNU headers
+    /// with long-name extensions as needed).
+    fn archive(items: &[Item<'_>]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for item in items {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o755);
+            match item {
+                Item::Dir(path) => {
+                    header.set_entry_type(EntryType::Directory);
+                    header.set_size(0);
+                    builder.append_data(&mut header, path, io::empty()).unwrap();
+                }
+                Item::File(path, contents, mode) => {
+                    header.set_mode(*mode);
+                    header.set_size(contents.len() as u64);
+                    builder
+                        .append_data(&mut header, path, contents.as_bytes())
+                        .unwrap();
+                }
+                Item::Symlink(path, target) | Item::HardLink(path, target) => {
+                    let kind = if matches!(item, Item::Symlink(..)) {
+                        EntryType::Symlink
+                    } else {
+                        EntryType::Link
+                    };
+                    header.set_entry_type(kind);
+                    header.set_size(0);
+                    builder.append_link(&mut header, path, target).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn unpack(items: &[Item<'_>]) -> (tempfile::TempDir, Result<Unpacker, ImageError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::new(dir.path());
+        let bytes = archive(items);
+        let result = unpacker
+            .apply(Path::new("test.tar"), bytes.as_slice())
+            .map(|()| unpacker);
+        (dir, result)
+    }
+
+    #[test]
+    fn later_entries_replace_earlier_ones() {
+        use Item::*;
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(120));
+        let (dir, result) = unpack(&[
+            File("a", "first", 0o644),
+            File("a", "second", 0o755),
+            Dir("b"),
+            File("b/inner", "gone", 0o644),
+            Symlink("b", "elsewhere"),
+            Symlink("c", "/etc"),
+            Dir("c"),
+            File("c/ok", "real dir now", 0o644),
+            File(&long, "long names", 0o644),
+            HardLink("h", "a"),
+            HardLink("s", "b"),
+        ]);
+        let unpacker = result.unwrap();
+        let root = dir.path();
+        assert_eq!(fs::read_to_string(root.join("a")).unwrap(), "second");
+        let mode = fs::metadata(root.join("a")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            fs::read_link(root.join("b")).unwrap(),
+            Path::new("elsewhere")
+        );
+        assert!(fs::symlink_metadata(root.join("c")).unwrap().is_dir());
+        assert_eq!(
+            fs::read_to_string(root.join("c/ok")).unwrap(),
+            "real dir now"
+        );
+        assert_eq!(fs::read_to_string(root.join(&long)).unwrap(), "long names");
+        assert_eq!(fs::read_to_string(root.join("h")).unwrap(), "second");
+        assert_eq!(
+            fs::read_link(root.join("s")).unwrap(),
+            Path::new("elsewhere")
+        );
+        assert_eq!(unpacker.entries, 11);
+        assert!(unpacker.skipped.is_empty());
+    }
+
+    #[test]
+    fn unsafe_entries_are_refused() {
+        use Item::*;
+        for (items, needle) in [
+            (
+                vec![Dir("d"), Symlink("d", "/etc"), File("d/passwd", "x", 0o644)],
+                "goes through the symlink \"d\"",
+            ),
+            (
+                vec![File("f", "x", 0o644), File("f/g", "x", 0o644)],
+                "goes through the file \"f\"",
+            ),
+            (
+                vec![Symlink("l", "/"), Dir("l/etc")],
+                "goes through the symlink \"l\"",
+            ),
+            (
+                vec![Symlink("l", "/etc"), HardLink("l/x", "a")],
+                "goes through the symlink",
+            ),
+            (vec![Dir("d"), HardLink("h", "d")], "not an earlier file"),
+            (vec![HardLink("h", "later")], "not an earlier file"),
+            (vec![File("./", "x", 0o644)], "root directory"),
+        ] {
+            let (_dir, result) = unpack(&items);
+            let err = result.err().expect(needle).to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err}");
+            assert!(err.contains("nothing was imported"), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_empty_archive_is_an_empty_image() {
+        let (dir, result) = unpack(&[]);
+        assert_eq!(result.unwrap().entries, 0);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
     #[test]
     fn paths_are_normalised_or_refused() {
         assert_eq!(
