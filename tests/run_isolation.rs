@@ -218,3 +218,79 @@ fn the_djinn_example_runs_in_an_imported_image() {
     let again = project.run(&[]);
     assert_eq!(again.status("build.1"), "cached", "{}", again.describe());
 }
+
+#[test]
+fn kiln_kill_stops_a_running_build() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "s" ];
+  jobs = { slow = { stage = "s"; commands = [ "sleep 300" ]; }; };
+}"#,
+    );
+    let mut child = project
+        .kiln()
+        .args(["run", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.contains("\"job/start\"");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = project.kiln().args(["kill", "last"]).output().unwrap();
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    seen.extend(lines.map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    let run = parse(std::process::Output {
+        status,
+        stdout: seen.join("\n").into_bytes(),
+        stderr: Vec::new(),
+    });
+    assert_eq!(run.code, 4, "{}", run.describe());
+    assert_eq!(run.status("slow"), "killed");
+    project.assert_clean();
+    // The build is over: killing it again is an error.
+    let again = project.kiln().args(["kill", "last"]).output().unwrap();
+    assert!(!again.status.success());
+}
+
+#[test]
+fn explain_names_the_key_component_that_changed() {
+    let manifest = |greeting: &str| {
+        format!(
+            r#"{{ driver = {{ type = "container"; image = "host"; }}; env = {{ GREETING = "{greeting}"; }}; stages = [ "s" ]; jobs = {{ say = {{ stage = "s"; commands = [ "echo $GREETING > out" ]; }}; }}; }}"#
+        )
+    };
+    let project = Project::new(&manifest("hello"));
+    let first = project.run(&[]);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    let same = project.kiln().args(["explain", "say"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&same.stdout).contains("nothing changed"),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    project.write("build.kiln", &manifest("goodbye"));
+    let changed = project.kiln().args(["explain", "say"]).output().unwrap();
+    let text = String::from_utf8_lossy(&changed.stdout);
+    assert!(
+        text.contains("env GREETING: \"hello\" → \"goodbye\""),
+        "{text}"
+    );
+    let plan = project.kiln().args(["plan", "--json"]).output().unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan[0]["status"], "run");
+}

@@ -21,7 +21,7 @@ use crate::driver::{CreateContext, Driver, Stop};
 use crate::events::{LocalBus, LocalOptions};
 use crate::graph::{BuildGraph, KeyInputs};
 use crate::scheduler::prepare::{DriverSet, StoreCtx};
-use crate::scheduler::{RunOptions, explain, run_build};
+use crate::scheduler::{RunOptions, run_build};
 
 pub const EXIT_BUILD_FAILED: u8 = 3;
 pub const EXIT_BUILD_KILLED: u8 = 4;
@@ -139,8 +139,12 @@ fn owner_of(manifest: &Manifest) -> String {
     manifest.dir.display().to_string()
 }
 
-fn running_dir(store_dir: &Path) -> PathBuf {
-    store_dir.join("running")
+/// How builds name their manifest (the key of `kiln explain`'s history):
+/// its absolute path.
+fn manifest_key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -173,22 +177,17 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         let bus = LocalBus::start(
             store_dir,
             &options.owner,
-            &path,
+            &manifest_key(&path),
             &LocalOptions {
                 json,
                 ..LocalOptions::default()
             },
         )?;
-        let build = bus.build();
-        let pid_file = running_dir(store_dir).join(build.to_string());
-        let _ = std::fs::create_dir_all(running_dir(store_dir));
-        let _ = std::fs::write(&pid_file, std::process::id().to_string());
         let (stop_sender, _) = watch::channel(None);
         let signals = watch_signals(stop_sender.clone())?;
         let outcome = run_build(&manifest, graph, options, bus.emitter(), stop_sender).await;
         signals.abort();
         let finished = bus.finish().await;
-        let _ = std::fs::remove_file(&pid_file);
         let outcome = outcome?;
         if let Err(error) = finished {
             eprintln!("warning: recording the build: {error}");
@@ -372,7 +371,14 @@ pub fn explain(store_dir: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> 
     };
     let planned = plan_jobs(store_dir, &manifest, &graph)?;
     let store = Store::open(store_dir)?;
-    let previous: BTreeMap<String, KeyInputs> = explain::load(&store, &owner_of(&manifest))?;
+    let manifest_name = manifest_key(&path).display().to_string();
+    let mut previous: BTreeMap<String, KeyInputs> = BTreeMap::new();
+    for node in &graph.jobs {
+        let recorded = store.last_key_inputs(&manifest_name, &node.job.name)?;
+        if let Some(inputs) = recorded.and_then(|r| serde_json::from_value(r.inputs).ok()) {
+            previous.insert(node.job.name.clone(), inputs);
+        }
+    }
     let job = &planned[index];
     let mut out = std::io::stdout().lock();
     let Some(last) = previous.get(&args.job) else {
@@ -430,31 +436,42 @@ pub fn explain(store_dir: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub fn kill(store_dir: &Path, args: KillArgs) -> anyhow::Result<ExitCode> {
-    let running = running_dir(store_dir);
-    let build: i64 = if args.build == "last" {
-        std::fs::read_dir(&running)
-            .ok()
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i64>().ok())
-            .max()
-            .context("no build is running")?
+    let store = Store::open(store_dir)?;
+    let build = if args.build == "last" {
+        store.last_build()?.context("there is no build")?
     } else {
-        args.build
-            .parse()
-            .with_context(|| format!("{:?} is not a build number or `last`", args.build))?
+        kiln_store::BuildId(
+            args.build
+                .parse()
+                .with_context(|| format!("{:?} is not a build number or `last`", args.build))?,
+        )
     };
-    let pid_file = running.join(build.to_string());
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .with_context(|| format!("build {build} is not running"))?;
+    let record = store.build(build)?;
+    if record.status.is_finished() {
+        bail!(
+            "build {build} is not running (it is {})",
+            record.status.as_str()
+        );
+    }
+    let pid = record
+        .pid
+        .with_context(|| format!("build {build} has no recorded process"))?;
+    if record
+        .host
+        .as_deref()
+        .is_some_and(|host| host != crate::events::local::hostname())
+    {
+        bail!(
+            "build {build} runs on another host ({})",
+            record.host.unwrap_or_default()
+        );
+    }
     let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("kiln"));
     if !alive {
-        let _ = std::fs::remove_file(&pid_file);
         bail!("build {build} is not running (its process {pid} is gone)");
     }
+    let pid = i32::try_from(pid).context("a process id out of range")?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,

@@ -45,9 +45,6 @@ pub(crate) async fn run_job(
     let key = inputs.key();
     let cacheable = driver.cacheable() && !node.job.network;
     let inputs_json = serde_json::to_value(&inputs).ok();
-    if let Ok(mut records) = shared.key_inputs.lock() {
-        records.insert(name.clone(), inputs.clone());
-    }
 
     if cacheable && !shared.options.no_cache {
         let found = shared

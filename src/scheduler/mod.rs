@@ -9,7 +9,6 @@
 //! every driver is destroyed and the build's temp dir is removed.
 
 mod caches;
-pub mod explain;
 mod job;
 pub mod prepare;
 
@@ -25,7 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::driver::{CreateContext, Driver, DriverError, Stop};
 use crate::events::{Emitter, Event, JobStatus};
-use crate::graph::{BuildGraph, KeyInputs};
+use crate::graph::BuildGraph;
 use crate::layers::LayerError;
 use crate::resolve::ResolveError;
 use prepare::{DriverSet, StoreCtx, driver_name};
@@ -88,7 +87,6 @@ pub(crate) struct Shared {
     pub temp: PathBuf,
     pub slots: Semaphore,
     pub stop: watch::Receiver<Option<Stop>>,
-    pub key_inputs: Mutex<BTreeMap<String, KeyInputs>>,
     /// Set once the build stops taking up new jobs (a failed stage).
     pub halted: std::sync::atomic::AtomicBool,
 }
@@ -363,7 +361,6 @@ async fn run_in(
         temp: jobs_dir,
         slots: Semaphore::new(parallel),
         stop: stop.clone(),
-        key_inputs: Mutex::new(BTreeMap::new()),
         halted: std::sync::atomic::AtomicBool::new(false),
         graph,
     });
@@ -474,22 +471,6 @@ async fn run_in(
         status = status.max(match reason {
             Stop::Killed => BuildStatus::Killed,
             Stop::TimedOut => BuildStatus::TimedOut,
-        });
-    }
-    let records = std::mem::take(
-        &mut *shared
-            .key_inputs
-            .lock()
-            .map_err(|_| RunError::Internal("poisoned".into()))?,
-    );
-    let owner = options.owner.clone();
-    if let Err(error) = shared
-        .blocking(move |ctx, _| explain::save(&mut ctx.store, &ctx.roots, &owner, records))
-        .await
-    {
-        emitter.emit(Event::Warning {
-            job: None,
-            message: format!("cannot record the key inputs for `kiln explain`: {error}"),
         });
     }
     for driver in &shared.drivers {
