@@ -237,7 +237,13 @@ struct PlannedJob {
     status: &'static str,
     #[serde(skip)]
     inputs: Option<KeyInputs>,
+    /// The key inputs with [`UNKNOWN_OUTPUT`] for upstream jobs that will run.
+    #[serde(skip)]
+    partial: Option<KeyInputs>,
 }
+
+/// Stands for the output of an upstream job that has not run yet.
+const UNKNOWN_OUTPUT: B3Digest = B3Digest::from_array([0; 32]);
 
 /// Resolves the manifest against the store like `run` does (without running
 /// anything) and works out each job's key where it can be known.
@@ -283,6 +289,18 @@ fn plan_jobs(
     for (index, node) in graph.jobs.iter().enumerate() {
         let driver = &drivers[set.of_job[index]];
         let inputs = ctx.key_inputs(graph, index, driver, &base, &outputs)?;
+        // With an upstream still to run, everything but that upstream's
+        // output is known: `explain` compares that much.
+        let partial = match &inputs {
+            Some(_) => None,
+            None => {
+                let filled: Vec<Option<B3Digest>> = outputs
+                    .iter()
+                    .map(|output| Some(output.unwrap_or(UNKNOWN_OUTPUT)))
+                    .collect();
+                ctx.key_inputs(graph, index, driver, &base, &filled)?
+            }
+        };
         let cacheable = driver.cacheable() && !node.job.network;
         let key = inputs.as_ref().map(KeyInputs::key);
         let status = match key {
@@ -307,6 +325,7 @@ fn plan_jobs(
             key: key.filter(|_| cacheable),
             status,
             inputs,
+            partial,
         });
     }
     Ok(planned)
@@ -416,17 +435,28 @@ pub fn explain(store_dir: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> 
                 .collect();
             writeln!(
                 out,
-                "{}: its key depends on the output of upstream jobs that will run first: {}",
+                "{}: will run: its key depends on the output of upstream jobs that run first: {}",
                 args.job,
                 pending.join(", ")
             )?;
+            let unknown = UNKNOWN_OUTPUT.to_string();
+            if let Some(partial) = &job.partial {
+                for change in partial.changes_since(last) {
+                    if !change.ends_with(&unknown) {
+                        writeln!(out, "  - {change}")?;
+                    }
+                }
+            }
             for &upstream in &graph.jobs[index].upstream {
-                if let (Some(now), Some(before)) = (
-                    &planned[upstream].inputs,
-                    previous.get(&planned[upstream].job),
-                ) {
+                let now = planned[upstream]
+                    .inputs
+                    .as_ref()
+                    .or(planned[upstream].partial.as_ref());
+                if let (Some(now), Some(before)) = (now, previous.get(&planned[upstream].job)) {
                     for change in now.changes_since(before) {
-                        writeln!(out, "  - {}: {change}", planned[upstream].job)?;
+                        if !change.ends_with(&unknown) {
+                            writeln!(out, "  - upstream {}: {change}", planned[upstream].job)?;
+                        }
                     }
                 }
             }

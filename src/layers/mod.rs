@@ -162,10 +162,17 @@ pub fn collect_artifacts(
         if glob::is_glob(&artifact.src) {
             let mut paths = Vec::new();
             view.walk(store, "", &mut paths)?;
-            let matched: Vec<String> = paths
-                .into_iter()
-                .filter(|path| glob::matches(&artifact.src, path))
-                .collect();
+            // A match inside a directory that matched too is already saved
+            // with it (`**` matches both).
+            let mut matched: Vec<String> = Vec::new();
+            for path in paths {
+                let inside_match = matched.iter().any(|dir| {
+                    path.starts_with(dir.as_str()) && path.as_bytes().get(dir.len()) == Some(&b'/')
+                });
+                if !inside_match && glob::matches(&artifact.src, &path) {
+                    matched.push(path);
+                }
+            }
             if matched.is_empty() {
                 return Err(LayerError::Artifact {
                     src: artifact.src.clone(),
