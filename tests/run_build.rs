@@ -33,6 +33,15 @@ fn the_example_passes_then_every_job_is_cached_with_identical_artifacts() {
     for job in ["compile", "smoke", "tarball"] {
         assert_eq!(first.status(job), "passed", "{}", first.describe());
     }
+    // The job's output arrives line by line as `job/output` events.
+    assert!(
+        first
+            .of_type("job/output")
+            .iter()
+            .any(|e| e["job"] == "compile" && e["line"] == "+ cc -O2 -o hello src/hello.c"),
+        "{}",
+        first.describe()
+    );
     let artifacts = first.artifacts();
     let names: Vec<&str> = artifacts.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["hello", "release/hello.tgz"]);
