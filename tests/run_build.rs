@@ -376,3 +376,28 @@ fn build_caches_are_restored_before_and_saved_after_a_job() {
     assert!(listed.stdout.is_empty());
     project.assert_clean();
 }
+
+#[test]
+fn a_build_timeout_stops_every_job_as_timed_out() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  timeout = "2s";
+  stages = [ "s" "t" ];
+  jobs = {
+    a = { stage = "s"; timeout = "1h"; commands = [ "sleep 60" ]; };
+    b = { stage = "s"; timeout = "1h"; commands = [ "sleep 60" ]; };
+    later = { stage = "t"; commands = [ "true" ]; };
+  };
+}"#,
+    );
+    let started = std::time::Instant::now();
+    let run = project.run(&["--jobs", "2"]);
+    assert!(started.elapsed().as_secs() < 20);
+    assert_eq!(run.code, 5, "{}", run.describe());
+    assert_eq!(run.build_status(), "timed_out");
+    assert_eq!(run.status("a"), "timed_out");
+    assert_eq!(run.status("b"), "timed_out");
+    assert_eq!(run.status("later"), "skipped");
+    project.assert_clean();
+}
