@@ -264,12 +264,18 @@ fn a_missing_object_is_a_warning_and_a_missing_source_fails() {
     let project = Project::new(
         r#"{
   driver = { type = "container"; image = "host"; };
-  objects = [ "missing.tar => fixtures.tar" "present.txt => data/present.txt" ];
+  objects = [ "missing.tar => fixtures.tar" "present.txt => data/present.txt" "tool.sh => bin/tool" ];
   stages = [ "s" ];
-  jobs = { j = { stage = "s"; commands = [ "test -f data/present.txt" "test ! -e fixtures.tar" ]; }; };
+  jobs = { j = { stage = "s"; commands = [ "test -f data/present.txt" "test ! -e fixtures.tar" "./bin/tool" ]; }; };
 }"#,
     );
     project.write("present.txt", "here\n");
+    project.write("tool.sh", "#!/bin/sh\necho tool ran\n");
+    std::fs::set_permissions(
+        project.root().join("tool.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let run = project.run(&[]);
     assert_eq!(run.code, 0, "{}", run.describe());
     assert_eq!(run.status("j"), "passed");
