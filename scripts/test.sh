@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, as "command:package".
 required=(git:git zstd:zstd unshare:util-linux mkfifo:coreutils mknod:coreutils setfattr:attr
-          qemu-system-x86_64:qemu-system-x86 busybox:busybox-static mke2fs:e2fsprogs xz:xz-utils)
+          busybox:busybox-static cc:gcc hostname:hostname
+          qemu-system-x86_64:qemu-system-x86 mke2fs:e2fsprogs xz:xz-utils)
 missing=()
 for pair in "${required[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

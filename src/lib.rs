@@ -1,5 +1,12 @@
 //! kiln: a declarative, hermetic build runner. See ARCHITECTURE.md.
 
 pub mod cli;
+pub mod driver;
+pub mod events;
+pub mod graph;
+pub mod image;
+pub mod layers;
+pub mod resolve;
 pub mod sandbox;
+pub mod scheduler;
 pub mod vm;

@@ -10,7 +10,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod image;
 pub mod manifest;
+pub mod records;
+pub mod run;
 pub mod store;
 
 /// Exit code for an invalid manifest.
@@ -45,6 +48,32 @@ pub enum Command {
     /// Inspect and maintain the content-addressed store
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Run a build: jobs in containers, outputs in the store, unchanged jobs from cache
+    Run(run::RunArgs),
+    /// Show each job of a build with its key and whether it would run or be cached
+    Plan(run::PlanArgs),
+    /// Say which key component of a job changed since its last run
+    Explain(run::ExplainArgs),
+    /// Stop a running build (Killed)
+    Kill(run::KillArgs),
+    /// Build caches saved by jobs (`caches = [ { key; paths; } ]`)
+    #[command(subcommand)]
+    Cache(run::CacheCommand),
+    /// Import, list and remove container images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List builds: number, status, start, duration
+    Builds(records::BuildsArgs),
+    /// Show a build's jobs: status, duration, cached or not
+    Show(records::ShowArgs),
+    /// Print a build's job logs (one job, or all in order)
+    Log(records::LogArgs),
+    /// List a build's artifacts, or `get` one into a file or directory
+    Artifacts(records::ArtifactsArgs),
+    /// Keep a build's artifacts from curation
+    Pin(records::PinArgs),
+    /// Let curation drop a build's artifacts again
+    Unpin(records::PinArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -73,6 +102,36 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => manifest::eval(args),
         Command::Store(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| store::run(&dir, command))
+        }
+        Command::Run(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::run(&dir, args)),
+        Command::Plan(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::plan(&dir, args)),
+        Command::Explain(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| run::explain(&dir, args))
+        }
+        Command::Kill(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::kill(&dir, args)),
+        Command::Cache(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| run::cache(&dir, command))
+        }
+        Command::Image(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| image::run(&dir, command))
+        }
+        Command::Builds(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::builds(&dir, args))
+        }
+        Command::Show(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::show(&dir, args))
+        }
+        Command::Log(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::log(&dir, args))
+        }
+        Command::Artifacts(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::artifacts(&dir, args))
+        }
+        Command::Pin(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, true))
+        }
+        Command::Unpin(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, false))
         }
     };
     match result {

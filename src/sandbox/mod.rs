@@ -27,4 +27,6 @@ pub use error::SandboxError;
 pub use helper::{EXIT_SETUP_FAILED, HELPER_ARG, helper_main};
 pub use outcome::SandboxOutcome;
 pub use run::SandboxRun;
-pub use spec::{HOST_VIEW_HIDDEN, Limits, RootFs, SCRIPT_PATH_INSIDE, SandboxSpec, WorkspaceSpec};
+pub use spec::{
+    Bind, HOST_VIEW_HIDDEN, Limits, RootFs, SCRIPT_PATH_INSIDE, SandboxSpec, WorkspaceSpec,
+};

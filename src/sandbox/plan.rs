@@ -57,6 +57,8 @@ pub struct Plan {
     /// `Some((uid, gid))` of the caller when it is not root: a user
     /// namespace maps them to 0 inside.
     pub user_namespace: Option<(u32, u32)>,
+    /// (canonical host directory, target inside), mounted last.
+    pub binds: Vec<(PathBuf, PathBuf)>,
 }
 
 fn existing_dir(what: &'static str, path: &Path) -> Result<PathBuf, SandboxError> {
@@ -115,7 +117,18 @@ impl Plan {
             source,
         })?;
         let euid = nix::unistd::geteuid();
+        let binds = spec
+            .binds
+            .iter()
+            .map(|bind| {
+                Ok((
+                    existing_dir("bind source", &bind.source)?,
+                    bind.target.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, SandboxError>>()?;
         Ok(Plan {
+            binds,
             root,
             workspace_path: spec.workspace.path.clone(),
             workspace_lower,

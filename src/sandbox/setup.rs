@@ -263,6 +263,10 @@ pub fn build_root(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
             // come from a scaffold layer laid on top of it.
             mkdir(sys, Path::new(SCAFFOLD), 0o755)?;
             write_skeleton(sys, SCAFFOLD, plan)?;
+            // Bind targets in the read-only image need their mount points.
+            for (_, target) in &plan.binds {
+                mkdir_all(sys, SCAFFOLD, target)?;
+            }
             let mut lower = vec![PathBuf::from(SCAFFOLD)];
             lower.extend(layers.iter().map(|l| on_host(l)));
             mount_overlay(
@@ -276,6 +280,7 @@ pub fn build_root(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
 
     mount_workspace(sys, plan)?;
     mount_kernel_filesystems(sys, plan.user_namespace.is_some())?;
+    mount_binds(sys, plan)?;
 
     sys.chdir(new_root).map_err(|source| SandboxError::Chdir {
         path: new_root.to_owned(),
@@ -349,6 +354,22 @@ fn build_host_view(
         }
     }
     write_skeleton(sys, NEW_ROOT, plan)?;
+    // Mount points of binds below a directory the view shows empty (such
+    // as /root) are made now, while the root tmpfs is still writable; never
+    // below a bound host directory (that would write on the host).
+    for (_, target) in &plan.binds {
+        let top = target
+            .strip_prefix("/")
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let shown_empty = entries
+            .iter()
+            .any(|entry| matches!(entry, HostEntry::Empty(name) if Some(name) == top.as_ref()));
+        if shown_empty {
+            mkdir_all(sys, NEW_ROOT, target)?;
+        }
+    }
     if masks.iter().any(|m| matches!(m, Mask::File(_))) {
         create_file(sys, Path::new(EMPTY_FILE), b"", 0o444)?;
     }
@@ -373,6 +394,22 @@ fn build_host_view(
             target: new_root.to_owned(),
             source,
         })
+}
+
+/// The writable binds (build caches), mounted last so that they may lie in
+/// the workspace or `/tmp`. A missing mount point is made where the
+/// filesystem is writable; on the read-only root it is a clear error.
+fn mount_binds(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
+    for (source, target) in &plan.binds {
+        mkdir_all(sys, NEW_ROOT, target)?;
+        bind(
+            sys,
+            &on_host(source),
+            &inside(NEW_ROOT, target),
+            MsFlags::empty(),
+        )?;
+    }
+    Ok(())
 }
 
 fn mount_workspace(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {

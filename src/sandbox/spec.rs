@@ -35,6 +35,20 @@ pub struct SandboxSpec {
     /// Optional cgroup limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Writable host directories bound into the sandbox (build caches).
+    #[serde(default)]
+    pub binds: Vec<Bind>,
+}
+
+/// A host directory mounted read-write at `target` inside the sandbox,
+/// after everything else (so it may lie in the workspace or `/tmp`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bind {
+    /// An existing host directory.
+    pub source: PathBuf,
+    /// Absolute, inside the sandbox.
+    pub target: PathBuf,
 }
 
 /// The root filesystem of the sandbox.
@@ -108,6 +122,7 @@ impl SandboxSpec {
             hostname: default_hostname(),
             network: false,
             limits: Limits::default(),
+            binds: Vec::new(),
         }
     }
 
@@ -144,6 +159,30 @@ impl SandboxSpec {
             {
                 return Err(SandboxError::InvalidSpec(format!(
                     "environment variable {name:?} is not a valid NAME=VALUE pair"
+                )));
+            }
+        }
+        for bind in &self.binds {
+            let target = &bind.target;
+            let plain = target.is_absolute()
+                && target != Path::new("/")
+                && target
+                    .components()
+                    .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+            if !plain {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "bind target {} must be an absolute path without `.` or `..`",
+                    target.display()
+                )));
+            }
+            if let Some(reserved) = RESERVED_INSIDE
+                .iter()
+                .filter(|r| **r != "/tmp")
+                .find(|r| target.starts_with(r))
+            {
+                return Err(SandboxError::InvalidSpec(format!(
+                    "bind target {} is under {reserved}, which the sandbox reserves",
+                    target.display()
                 )));
             }
         }

@@ -13,6 +13,7 @@ use super::sys::recording::RecordingSys;
 
 fn plan(root: PlannedRoot) -> Plan {
     Plan {
+        binds: Vec::new(),
         root,
         workspace_path: PathBuf::from("/work"),
         workspace_lower: vec![PathBuf::from("/layers/dep"), PathBuf::from("/layers/base")],
@@ -455,4 +456,67 @@ fn a_non_utf8_path_is_an_error_not_a_panic() {
             .starts_with("invalid sandbox spec: cannot encode the spec"),
         "{err}"
     );
+}
+
+#[test]
+fn binds_get_mount_points_only_where_writable_and_are_mounted_last() {
+    let mut sys = RecordingSys::default();
+    let mut plan = host_plan();
+    plan.binds = vec![
+        (PathBuf::from("/cache/0"), PathBuf::from("/home/.cargo")),
+        (PathBuf::from("/cache/1"), PathBuf::from("/work/target")),
+        (PathBuf::from("/cache/2"), PathBuf::from("/var/cache/x")),
+    ];
+    setup::build_root(&mut sys, &plan).unwrap();
+    let log = sys.calls.join("\n");
+    let lines: Vec<&str> = log.lines().collect();
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|line| *line == needle)
+            .unwrap_or_else(|| panic!("no `{needle}` in\n{log}"))
+    };
+    // Below an empty top-level directory: made before the root is read-only.
+    assert!(
+        position("mkdir /newroot/home/.cargo 755")
+            < position("mount_setattr /newroot rdonly recursive")
+    );
+    // Below a bound host directory: never made before it is read-only.
+    let var_cache = position("mkdir /newroot/var/cache 755");
+    assert!(var_cache > position("mount_setattr /newroot rdonly recursive"));
+    // Every bind comes after the workspace and /tmp.
+    let tmp =
+        position("mount tmpfs /newroot/tmp type=tmpfs flags=MS_NOSUID|MS_NODEV data=mode=1777");
+    for (source, target) in [
+        ("0", "/home/.cargo"),
+        ("1", "/work/target"),
+        ("2", "/var/cache/x"),
+    ] {
+        let bind = position(&format!(
+            "mount /oldroot/cache/{source} /newroot{target} type=- flags=MS_BIND data=-"
+        ));
+        assert!(bind > tmp, "{target}");
+    }
+}
+
+#[test]
+fn bind_targets_are_checked() {
+    let workspace = WorkspaceSpec {
+        path: "/work".into(),
+        lower: vec![],
+        upper: "/u".into(),
+        work: "/w".into(),
+    };
+    for bad in ["relative", "/", "/a/../b", "/proc/x", "/.kiln/y"] {
+        let mut spec = SandboxSpec::new(
+            RootFs::Host { exclude: vec![] },
+            workspace.clone(),
+            "/s".into(),
+        );
+        spec.binds = vec![super::spec::Bind {
+            source: "/c".into(),
+            target: bad.into(),
+        }];
+        assert!(spec.validate().is_err(), "{bad}");
+    }
 }

@@ -412,12 +412,14 @@ pub(crate) fn mark(conn: &Connection) -> Result<Marked> {
     Ok(marked)
 }
 
-/// References from outside the object graph: roots, artifacts, job results.
+/// References from outside the object graph: roots, artifacts, build job
+/// logs, job results.
 pub(crate) fn direct_references(conn: &Connection) -> Result<HashMap<ObjectRef, i64>> {
     let mut counts: HashMap<ObjectRef, i64> = HashMap::new();
     for sql in [
         "SELECT object_kind, digest FROM roots",
         "SELECT object_kind, digest FROM artifacts",
+        crate::runs::JOB_LOG_REFERENCES,
     ] {
         let rows: Vec<(i64, B3Digest)> = conn
             .prepare(sql)?

@@ -97,6 +97,9 @@ pub enum StoreError {
 
     #[error("unknown build status {0:?}")]
     UnknownStatus(String),
+
+    #[error("{what}: unreadable record: {reason}")]
+    CorruptRecord { what: String, reason: String },
 }
 
 impl StoreError {

@@ -242,6 +242,23 @@ impl Store {
             }
         }
 
+        // Build job logs name intact blobs.
+        let job_logs: Vec<(i64, String, B3Digest)> = self
+            .conn
+            .prepare("SELECT build, name, log FROM build_jobs WHERE log IS NOT NULL")?
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut lost_logs = Vec::new();
+        for (build, name, log) in job_logs {
+            if !intact(&ObjectRef::blob(log)) {
+                problem(
+                    format!("log of job {name} of build {build}"),
+                    format!("its blob {log} is missing or damaged"),
+                );
+                lost_logs.push((build, name));
+            }
+        }
+
         let drift = count_drift(&self.conn)?;
         for (kind, digest, recorded, expected) in &drift {
             problem(
@@ -299,6 +316,15 @@ impl Store {
             }
             for key in &broken_jobs {
                 tx.execute("UPDATE job_results SET broken = 1 WHERE key = ?1", [key])?;
+            }
+            for (build, name) in &lost_logs {
+                tx.execute(
+                    "UPDATE build_jobs SET log = NULL WHERE build = ?1 AND name = ?2",
+                    params![build, name],
+                )?;
+                repairs.push(format!(
+                    "forgot the lost log of job {name} of build {build}"
+                ));
             }
             for id in &broken_artifacts {
                 tx.execute("DELETE FROM artifacts WHERE id = ?1", [id])?;

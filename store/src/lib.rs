@@ -18,6 +18,7 @@ mod layer;
 mod object;
 mod records;
 mod restore;
+mod runs;
 mod schema;
 mod sessions;
 mod stats;
@@ -36,6 +37,7 @@ pub use records::{
     Artifact, BuildId, BuildRecord, BuildStatus, JobArtifact, JobResult, NamedRoot, RootKind,
 };
 pub use restore::{RestoreOptions, RestoreReport};
+pub use runs::{BatchReport, BuildBatch, BuildJob, JobUpdate, KeyHistory, StoredEvent};
 pub use schema::SCHEMA_VERSION;
 pub use sessions::TempRoots;
 pub use stats::StoreStats;

@@ -119,6 +119,18 @@ impl BuildStatus {
     pub fn is_finished(self) -> bool {
         !matches!(self, BuildStatus::Queued | BuildStatus::Running)
     }
+
+    /// Worst wins (design §5): the later in Queued < Running < Passed <
+    /// PassedWithFailures < Failed < Killed < TimedOut.
+    pub fn worst(self, other: BuildStatus) -> BuildStatus {
+        self.max(other)
+    }
+}
+
+impl std::fmt::Display for BuildStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl std::str::FromStr for BuildStatus {
@@ -140,6 +152,11 @@ pub struct BuildRecord {
     pub started: i64,
     pub finished: Option<i64>,
     pub pinned: bool,
+    /// The manifest the build ran, as its runner named it.
+    pub manifest: Option<String>,
+    /// The process running the build, while it runs (for `kiln kill`).
+    pub pid: Option<u32>,
+    pub host: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -384,9 +401,21 @@ pub(crate) fn put_job_result_in(conn: &Connection, result: &JobResult) -> Result
     Ok(())
 }
 
-fn build_from_row(
-    row: &Row<'_>,
-) -> rusqlite::Result<(i64, String, String, i64, Option<i64>, bool)> {
+type RawBuild = (
+    i64,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    bool,
+    Option<String>,
+    Option<u32>,
+    Option<String>,
+);
+
+const BUILD_COLUMNS: &str = "id, owner, status, started, finished, pinned, manifest, pid, host";
+
+fn build_from_row(row: &Row<'_>) -> rusqlite::Result<RawBuild> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -394,11 +423,14 @@ fn build_from_row(
         row.get(3)?,
         row.get(4)?,
         row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
     ))
 }
 
-fn parse_build(raw: (i64, String, String, i64, Option<i64>, bool)) -> Result<BuildRecord> {
-    let (id, owner, status, started, finished, pinned) = raw;
+fn parse_build(raw: RawBuild) -> Result<BuildRecord> {
+    let (id, owner, status, started, finished, pinned, manifest, pid, host) = raw;
     Ok(BuildRecord {
         id: BuildId(id),
         owner,
@@ -406,6 +438,9 @@ fn parse_build(raw: (i64, String, String, i64, Option<i64>, bool)) -> Result<Bui
         started,
         finished,
         pinned,
+        manifest,
+        pid,
+        host,
     })
 }
 
@@ -512,7 +547,7 @@ impl Store {
         let raw = self
             .conn
             .query_row(
-                "SELECT id, owner, status, started, finished, pinned FROM builds WHERE id = ?1",
+                &format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = ?1"),
                 [build.0],
                 build_from_row,
             )
@@ -521,9 +556,9 @@ impl Store {
     }
 
     pub fn list_builds(&self) -> Result<Vec<BuildRecord>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, owner, status, started, finished, pinned FROM builds ORDER BY id",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {BUILD_COLUMNS} FROM builds ORDER BY id"))?;
         let rows = stmt.query_map([], build_from_row)?;
         rows.map(|row| parse_build(row?)).collect()
     }

@@ -108,7 +108,55 @@ CREATE INDEX temp_roots_session ON temp_roots(session);
 CREATE INDEX temp_roots_digest ON temp_roots(digest);
 "#;
 
-pub const MIGRATIONS: &[M<'static>] = &[M::up(V1)];
+/// Version 2: what happened in each build (design §8). `build_jobs.log`
+/// holds a reference on its blob; `events.body` is the JSON envelope;
+/// `key_history` keeps, per manifest and job, the key inputs of the last
+/// recorded run, for `kiln explain`.
+const V2: &str = r#"
+ALTER TABLE builds ADD COLUMN manifest TEXT;
+ALTER TABLE builds ADD COLUMN pid INTEGER;
+ALTER TABLE builds ADD COLUMN host TEXT;
+
+CREATE TABLE build_jobs(
+    build INTEGER NOT NULL REFERENCES builds(id),
+    name TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    key BLOB,
+    key_inputs TEXT,
+    started INTEGER,
+    finished INTEGER,
+    duration_ms INTEGER,
+    cached INTEGER NOT NULL DEFAULT 0,
+    log BLOB,
+    exit_code INTEGER,
+    message TEXT,
+    PRIMARY KEY(build, name)
+) WITHOUT ROWID;
+CREATE INDEX build_jobs_log ON build_jobs(log) WHERE log IS NOT NULL;
+
+CREATE TABLE events(
+    build INTEGER NOT NULL REFERENCES builds(id),
+    seq INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY(build, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE key_history(
+    manifest TEXT NOT NULL,
+    job TEXT NOT NULL,
+    build INTEGER NOT NULL,
+    key BLOB,
+    inputs TEXT NOT NULL,
+    recorded INTEGER NOT NULL,
+    PRIMARY KEY(manifest, job)
+) WITHOUT ROWID;
+"#;
+
+pub const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2)];
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::from_slice(MIGRATIONS)

@@ -1,0 +1,520 @@
+//! What past builds did: `builds`, `show`, `log`, `artifacts`, `pin`, `unpin`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use kiln_store::{BuildId, BuildJob, BuildRecord, ObjectKind, RestoreOptions, Store};
+
+use crate::events::build_status_label;
+use crate::events::console::duration;
+
+/// A build number, or `last` for the newest build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildSelector {
+    Number(i64),
+    Last,
+}
+
+impl std::str::FromStr for BuildSelector {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "last" {
+            return Ok(BuildSelector::Last);
+        }
+        match text.parse::<i64>() {
+            Ok(number) if number > 0 => Ok(BuildSelector::Number(number)),
+            _ => Err(format!(
+                "{text:?} is not a build: give a build number (see `kiln builds`) or `last`"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A build number or `last`
+    pub build: BuildSelector,
+    #[arg(long)]
+    pub json: bool,
+    /// Print the build's recorded events, one JSON envelope a line
+    #[arg(long, conflicts_with = "json")]
+    pub events: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// A build number or `last`
+    pub build: BuildSelector,
+    /// One job; without it, every job's log in order, each under a header
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ArtifactsArgs {
+    #[command(subcommand)]
+    pub command: Option<ArtifactsCommand>,
+    /// A build number or `last`
+    #[arg(required = true)]
+    pub build: Option<BuildSelector>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Write an artifact to PATH: a file (blob) or a directory (tree)
+    Get {
+        /// A build number or `last`
+        build: BuildSelector,
+        name: String,
+        #[arg(short, long, value_name = "PATH")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// A build number or `last`
+    pub build: BuildSelector,
+}
+
+/// Opens the store only if it exists: reading commands never create one.
+fn open(dir: &Path) -> anyhow::Result<Option<Store>> {
+    if !dir.join("index.sqlite").exists() {
+        return Ok(None);
+    }
+    Store::open(dir)
+        .map(Some)
+        .with_context(|| format!("opening the store at {}", dir.display()))
+}
+
+fn resolve(store: Option<&Store>, selector: BuildSelector) -> anyhow::Result<BuildRecord> {
+    let id = match (selector, store) {
+        (BuildSelector::Number(number), Some(_)) => BuildId(number),
+        (BuildSelector::Last, Some(store)) => match store.last_build()? {
+            Some(id) => id,
+            None => bail!("there is no build yet"),
+        },
+        (BuildSelector::Number(number), None) => bail!("no build {number} (there is no build yet)"),
+        (BuildSelector::Last, None) => bail!("there is no build yet"),
+    };
+    let store = store.context("there is no build yet")?;
+    match store.build(id) {
+        Ok(record) => Ok(record),
+        Err(kiln_store::StoreError::UnknownBuild(number)) => {
+            bail!("no build {number} (`kiln builds` lists them)")
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// A build recorded as running whose process on this host is gone was
+/// killed hard or crashed: say so rather than "running".
+fn orphaned(record: &BuildRecord) -> Option<u32> {
+    if record.status.is_finished() {
+        return None;
+    }
+    let pid = record.pid?;
+    let here = record.host.as_deref() == Some(crate::events::local::hostname().as_str());
+    (here && !Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+fn status_label(record: &BuildRecord) -> String {
+    match orphaned(record) {
+        Some(_) => format!("{} (process gone)", build_status_label(record.status)),
+        None => build_status_label(record.status).to_owned(),
+    }
+}
+
+fn time(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+fn took(record: &BuildRecord) -> String {
+    record
+        .finished
+        .map(|end| duration((end - record.started).max(0) as u64))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn build_json(record: &BuildRecord) -> serde_json::Value {
+    serde_json::json!({
+        "build": record.id.0,
+        "status": record.status,
+        "owner": record.owner,
+        "manifest": record.manifest,
+        "started": record.started,
+        "finished": record.finished,
+        "duration_ms": record.finished.map(|end| (end - record.started).max(0)),
+        "pinned": record.pinned,
+        "pid": record.pid,
+        "host": record.host,
+        "process_gone": orphaned(record).is_some(),
+    })
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Lays out rows under a header, columns two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:width$}  "));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn builds(dir: &Path, args: BuildsArgs) -> anyhow::Result<ExitCode> {
+    let store = open(dir)?;
+    let records = match &store {
+        Some(store) => store.list_builds()?,
+        None => Vec::new(),
+    };
+    if args.json {
+        print_json(&serde_json::Value::Array(
+            records.iter().map(build_json).collect(),
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if records.is_empty() {
+        eprintln!("no builds yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|record| {
+            vec![
+                record.id.to_string(),
+                status_label(record),
+                time(record.started),
+                took(record),
+                if record.pinned { "pinned" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["BUILD", "STATUS", "STARTED", "DURATION", "PINNED"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn job_json(job: &BuildJob) -> serde_json::Value {
+    serde_json::json!({
+        "job": job.name,
+        "stage": job.stage,
+        "status": job.status,
+        "cached": job.cached,
+        "duration_ms": job.duration_ms,
+        "key": job.key,
+        "log": job.log,
+        "exit_code": job.exit_code,
+        "message": job.message,
+        "started": job.started,
+        "finished": job.finished,
+    })
+}
+
+/// `timed_out` → `timed out`.
+fn words(status: &str) -> String {
+    status.replace('_', " ")
+}
+
+pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = open(dir)?;
+    let record = resolve(store.as_ref(), args.build)?;
+    let store = store.context("there is no build yet")?;
+    if args.events {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        for event in store.build_events(record.id)? {
+            if writeln!(out, "{}", event.body).is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let _ = out.flush();
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = store.build_jobs(record.id)?;
+    let artifacts = store.artifacts(record.id)?;
+    if args.json {
+        let mut value = build_json(&record);
+        value["jobs"] = jobs.iter().map(job_json).collect();
+        value["artifacts"] = artifacts
+            .iter()
+            .map(|a| serde_json::json!({"name": a.name, "kind": a.object.kind, "digest": a.object.digest, "size": a.size}))
+            .collect();
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = format!(
+        "build {}: {}, started {}, took {}{}\n",
+        record.id,
+        status_label(&record),
+        time(record.started),
+        took(&record),
+        if record.pinned { ", pinned" } else { "" }
+    );
+    if let Some(manifest) = &record.manifest {
+        out.push_str(&format!("manifest: {manifest}\n"));
+    }
+    if let Some(pid) = orphaned(&record) {
+        out.push_str(&format!(
+            "its kiln process {pid} is gone without finishing the build (killed or crashed)\n"
+        ));
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|job| {
+            vec![
+                job.name.clone(),
+                job.stage.clone(),
+                words(&job.status),
+                job.duration_ms.map(duration).unwrap_or_else(|| "-".into()),
+                if job.cached { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["JOB", "STAGE", "STATUS", "DURATION", "CACHED"],
+            &rows,
+        ));
+    }
+    let notes: Vec<&BuildJob> = jobs.iter().filter(|j| j.message.is_some()).collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for job in notes {
+            out.push_str(&format!(
+                "{}: {}\n",
+                job.name,
+                job.message.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    if !artifacts.is_empty() {
+        out.push_str(&format!(
+            "\n{} artifact(s): kiln artifacts {}\n",
+            artifacts.len(),
+            record.id
+        ));
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a blob to stdout; a closed pipe (`| head`) is not an error.
+fn write_blob(
+    store: &Store,
+    digest: &kiln_store::B3Digest,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match store.read_blob(digest, out) {
+        Ok(_) => Ok(()),
+        Err(kiln_store::StoreError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
+    let store = open(dir)?;
+    let record = resolve(store.as_ref(), args.build)?;
+    let store = store.context("there is no build yet")?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match &args.job {
+        Some(name) => {
+            let Some(job) = store.build_job(record.id, name)? else {
+                let known: Vec<String> = store
+                    .build_jobs(record.id)?
+                    .into_iter()
+                    .map(|j| j.name)
+                    .collect();
+                bail!(
+                    "build {} has no job {name:?}{}",
+                    record.id,
+                    if known.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (its jobs: {})", known.join(", "))
+                    }
+                );
+            };
+            let Some(log) = job.log else {
+                bail!(
+                    "job {name} of build {} has no recorded log (it is {})",
+                    record.id,
+                    words(&job.status)
+                );
+            };
+            write_blob(&store, &log, &mut out)?;
+        }
+        None => {
+            for job in store.build_jobs(record.id)? {
+                let header = format!("==> {} ({}) <==\n", job.name, words(&job.status));
+                if out.write_all(header.as_bytes()).is_err() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                match job.log {
+                    Some(log) => write_blob(&store, &log, &mut out)?,
+                    None => {
+                        let _ = out.write_all(b"(no log)\n");
+                    }
+                }
+            }
+        }
+    }
+    match out.flush() {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ArtifactsCommand::Get {
+        build,
+        name,
+        output,
+    }) = args.command
+    {
+        return get_artifact(dir, build, &name, &output);
+    }
+    let Some(selector) = args.build else {
+        bail!("give a build: kiln artifacts BUILD");
+    };
+    let store = open(dir)?;
+    let record = resolve(store.as_ref(), selector)?;
+    let store = store.context("there is no build yet")?;
+    let artifacts = store.artifacts(record.id)?;
+    if args.json {
+        print_json(
+            &artifacts
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "name": a.name,
+                        "kind": a.object.kind,
+                        "digest": a.object.digest,
+                        "size": a.size,
+                    })
+                })
+                .collect(),
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if artifacts.is_empty() {
+        eprintln!("build {} has no artifacts", record.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = artifacts
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.object.kind.name().to_owned(),
+                bytesize::ByteSize(a.size).to_string(),
+                a.object.digest.to_string(),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["NAME", "KIND", "SIZE", "DIGEST"], &rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get_artifact(
+    dir: &Path,
+    selector: BuildSelector,
+    name: &str,
+    output: &Path,
+) -> anyhow::Result<ExitCode> {
+    let store = open(dir)?;
+    let record = resolve(store.as_ref(), selector)?;
+    let store = store.context("there is no build yet")?;
+    let artifacts = store.artifacts(record.id)?;
+    // A name recorded twice (a rerun job) means its latest version.
+    let Some(artifact) = artifacts.iter().rev().find(|a| a.name == name) else {
+        let known: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+        bail!(
+            "build {} has no artifact {name:?}{}",
+            record.id,
+            if known.is_empty() {
+                " (it has none)".to_owned()
+            } else {
+                format!(" (its artifacts: {})", known.join(", "))
+            }
+        );
+    };
+    let report = store
+        .restore(
+            &artifact.object.digest,
+            output,
+            &RestoreOptions {
+                layer: false,
+                progress: None,
+            },
+        )
+        .with_context(|| format!("writing artifact {name} to {}", output.display()))?;
+    match artifact.object.kind {
+        ObjectKind::Blob => eprintln!(
+            "wrote {name} ({}) to {}",
+            bytesize::ByteSize(report.bytes),
+            output.display()
+        ),
+        ObjectKind::Tree => eprintln!(
+            "wrote {name}: {} files ({}) into {}",
+            report.files,
+            bytesize::ByteSize(report.bytes),
+            output.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn pin(dir: &Path, args: PinArgs, pinned: bool) -> anyhow::Result<ExitCode> {
+    let mut store = open(dir)?;
+    let record = resolve(store.as_ref(), args.build)?;
+    let store = store.as_mut().context("there is no build yet")?;
+    store.set_pinned(record.id, pinned)?;
+    if pinned {
+        eprintln!("pinned build {}: curation keeps its artifacts", record.id);
+    } else {
+        eprintln!("unpinned build {}", record.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,538 @@
+//! `kiln run`, `kiln plan`, `kiln explain`, `kiln kill`, `kiln cache ls|rm`.
+//!
+//! Exit codes of `kiln run` (docs/cli.md): 0 Passed or Passed With
+//! Failures, 2 invalid manifest, 3 Failed, 4 Killed, 5 Timed Out, 1 any
+//! other error (the build could not be started).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use kiln_grammar::load::{self, LoadError, LoadOptions};
+use kiln_grammar::manifest::Manifest;
+use kiln_store::{B3Digest, BuildStatus, RootKind, Store};
+use tokio::sync::watch;
+
+use crate::cli::manifest::parse_args;
+use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
+use crate::driver::{CreateContext, Driver, Stop};
+use crate::events::{LocalBus, LocalOptions};
+use crate::graph::{BuildGraph, KeyInputs};
+use crate::scheduler::prepare::{DriverSet, StoreCtx};
+use crate::scheduler::{RunOptions, run_build};
+
+pub const EXIT_BUILD_FAILED: u8 = 3;
+pub const EXIT_BUILD_KILLED: u8 = 4;
+pub const EXIT_BUILD_TIMED_OUT: u8 = 5;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The manifest [default: build.kiln, else .kiln/*.kiln, else .djinn.yml]
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    /// Argument for a manifest that is a function (repeatable)
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    /// Jobs running at once [default: the number of cores]
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Run every job, even those with a cached result
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print every event as a JSON line on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+    /// Print the plan as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The job to explain
+    pub job: String,
+    #[arg(value_name = "MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    /// A build number, or `last`
+    pub build: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheCommand {
+    /// List the build caches (`caches = [ { key; paths; } ]`)
+    Ls,
+    /// Remove the cache saved under KEY
+    Rm { key: String },
+}
+
+/// The manifest given, else `build.kiln`, else the only `.kiln/*.kiln`,
+/// else `.djinn.yml`, in the current directory.
+pub fn find_manifest(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    if Path::new("build.kiln").is_file() {
+        return Ok(PathBuf::from("build.kiln"));
+    }
+    if let Ok(entries) = std::fs::read_dir(".kiln") {
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "kiln"))
+            .collect();
+        found.sort();
+        match found.len() {
+            0 => {}
+            1 => return Ok(found.remove(0)),
+            _ => bail!(
+                "several manifests in .kiln/ ({}): name the one to use",
+                found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    if Path::new(".djinn.yml").is_file() {
+        return Ok(PathBuf::from(".djinn.yml"));
+    }
+    bail!("no manifest here: expected build.kiln, .kiln/*.kiln or .djinn.yml (or name one)")
+}
+
+/// Loads and compiles; `Err(code)` when the manifest is invalid (its
+/// diagnostics are printed).
+fn load_manifest(
+    path: &Path,
+    raw_args: &[String],
+) -> anyhow::Result<Result<(Manifest, BuildGraph), ExitCode>> {
+    let options = LoadOptions {
+        args: parse_args(raw_args)?,
+    };
+    let loaded = load::load(path, &options);
+    eprint!("{}", loaded.render_diagnostics());
+    let manifest = match loaded.result {
+        Ok(manifest) => manifest,
+        Err(LoadError::Io(_)) => return Ok(Err(ExitCode::from(EXIT_FAILURE))),
+        Err(LoadError::Invalid(_)) => return Ok(Err(ExitCode::from(EXIT_MANIFEST))),
+    };
+    let graph = BuildGraph::compile(&manifest).context("compiling the build graph")?;
+    Ok(Ok((manifest, graph)))
+}
+
+fn owner_of(manifest: &Manifest) -> String {
+    manifest.dir.display().to_string()
+}
+
+/// How builds name their manifest (the key of `kiln explain`'s history):
+/// its absolute path.
+fn manifest_key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let path = find_manifest(args.manifest.as_deref())?;
+    let (manifest, graph) = match load_manifest(&path, &args.args)? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let options = RunOptions {
+        jobs: args.jobs.unwrap_or(cores).max(1),
+        no_cache: args.no_cache,
+        store_dir: store_dir.to_path_buf(),
+        helper: std::env::current_exe().context("locating the kiln binary")?,
+        temp_parent: std::env::temp_dir(),
+        owner: owner_of(&manifest),
+    };
+    // Open (and create) the store before the runtime: errors are plain.
+    drop(
+        Store::open(store_dir)
+            .with_context(|| format!("opening the store {}", store_dir.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores.max(2))
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let json = args.json;
+    let status = runtime.block_on(async move {
+        let bus = LocalBus::start(
+            store_dir,
+            &options.owner,
+            &manifest_key(&path),
+            &LocalOptions {
+                json,
+                ..LocalOptions::default()
+            },
+        )?;
+        let (stop_sender, _) = watch::channel(None);
+        let signals = watch_signals(stop_sender.clone())?;
+        let outcome = run_build(&manifest, graph, options, bus.emitter(), stop_sender).await;
+        signals.abort();
+        let finished = bus.finish().await;
+        let outcome = outcome?;
+        if let Err(error) = finished {
+            eprintln!("warning: recording the build: {error}");
+        }
+        anyhow::Ok(outcome.status)
+    })?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(ExitCode::from(match status {
+        BuildStatus::Passed | BuildStatus::PassedWithFailures => 0,
+        BuildStatus::Killed => EXIT_BUILD_KILLED,
+        BuildStatus::TimedOut => EXIT_BUILD_TIMED_OUT,
+        _ => EXIT_BUILD_FAILED,
+    }))
+}
+
+/// SIGINT and SIGTERM stop the build as Killed.
+fn watch_signals(stop: watch::Sender<Option<Stop>>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        stop.send_if_modified(|state| {
+            if state.is_none() {
+                *state = Some(Stop::Killed);
+                true
+            } else {
+                false
+            }
+        });
+    }))
+}
+
+/// One job of a plan.
+#[derive(Debug, serde::Serialize)]
+struct PlannedJob {
+    job: String,
+    stage: String,
+    needs: Vec<String>,
+    /// `None` while an upstream job will run (its output decides the key).
+    key: Option<B3Digest>,
+    /// `cached`, `run` (no result for the key), `run-uncacheable` (host
+    /// driver or network), `run-after-upstream` (key unknown yet).
+    status: &'static str,
+    #[serde(skip)]
+    inputs: Option<KeyInputs>,
+    /// The key inputs with [`UNKNOWN_OUTPUT`] for upstream jobs that will run.
+    #[serde(skip)]
+    partial: Option<KeyInputs>,
+}
+
+/// Stands for the output of an upstream job that has not run yet.
+const UNKNOWN_OUTPUT: B3Digest = B3Digest::from_array([0; 32]);
+
+/// Resolves the manifest against the store like `run` does (without running
+/// anything) and works out each job's key where it can be known.
+fn plan_jobs(
+    store_dir: &Path,
+    manifest: &Manifest,
+    graph: &BuildGraph,
+) -> anyhow::Result<Vec<PlannedJob>> {
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let mut ctx = StoreCtx::open(store_dir, temp.path())?;
+    let set = DriverSet::of(graph);
+    let context = CreateContext {
+        store_dir: store_dir.to_path_buf(),
+        hidden: vec![store_dir.to_path_buf()],
+        helper: std::env::current_exe().context("locating the kiln binary")?,
+    };
+    let drivers: Vec<Driver> = set
+        .specs
+        .iter()
+        .map(|spec| Driver::create(spec, &context))
+        .collect::<Result<_, _>>()?;
+    let workspace = drivers
+        .first()
+        .and_then(|d| d.workspace_path().map(str::to_owned));
+    let mut objects = Vec::new();
+    for (object, placed) in manifest
+        .objects
+        .iter()
+        .zip(ctx.place_objects(manifest, workspace.as_deref()))
+    {
+        match placed {
+            Ok(placed) => objects.push(placed),
+            Err(error) => eprintln!("warning: object {} not placed: {error}", object.dst),
+        }
+    }
+    let sources = ctx
+        .resolve_sources(manifest)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let base = ctx.compose_base(&sources, &objects)?;
+    let mut outputs: Vec<Option<B3Digest>> = vec![None; graph.jobs.len()];
+    let mut planned = Vec::with_capacity(graph.jobs.len());
+    for (index, node) in graph.jobs.iter().enumerate() {
+        let driver = &drivers[set.of_job[index]];
+        let inputs = ctx.key_inputs(graph, index, driver, &base, &outputs)?;
+        // With an upstream still to run, everything but that upstream's
+        // output is known: `explain` compares that much.
+        let partial = match &inputs {
+            Some(_) => None,
+            None => {
+                let filled: Vec<Option<B3Digest>> = outputs
+                    .iter()
+                    .map(|output| Some(output.unwrap_or(UNKNOWN_OUTPUT)))
+                    .collect();
+                ctx.key_inputs(graph, index, driver, &base, &filled)?
+            }
+        };
+        let cacheable = driver.cacheable() && !node.job.network;
+        let key = inputs.as_ref().map(KeyInputs::key);
+        let status = match key {
+            None => "run-after-upstream",
+            Some(_) if !cacheable => "run-uncacheable",
+            Some(key) => match ctx.store.lookup_job_result(&key)? {
+                Some(result) if result.status == "passed" => {
+                    outputs[index] = Some(result.output_layer);
+                    "cached"
+                }
+                _ => "run",
+            },
+        };
+        planned.push(PlannedJob {
+            job: node.job.name.clone(),
+            stage: node.job.stage.clone(),
+            needs: node
+                .needs
+                .iter()
+                .map(|&n| graph.jobs[n].job.name.clone())
+                .collect(),
+            key: key.filter(|_| cacheable),
+            status,
+            inputs,
+            partial,
+        });
+    }
+    Ok(planned)
+}
+
+pub fn plan(store_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let path = find_manifest(args.manifest.as_deref())?;
+    let (manifest, graph) = match load_manifest(&path, &args.args)? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let planned = plan_jobs(store_dir, &manifest, &graph)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &planned).context("writing the plan")?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = planned
+        .iter()
+        .map(|p| p.job.len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let stage_width = planned
+        .iter()
+        .map(|p| p.stage.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    writeln!(
+        out,
+        "{:width$}  {:stage_width$}  {:18}  {:16}  NEEDS",
+        "JOB", "STAGE", "STATUS", "KEY"
+    )?;
+    for job in &planned {
+        let key = job
+            .key
+            .map(|k| k.to_string().chars().take(16).collect::<String>())
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:width$}  {:stage_width$}  {:18}  {:16}  {}",
+            job.job,
+            job.stage,
+            job.status,
+            key,
+            job.needs.join(" ")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn explain(store_dir: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let path = find_manifest(args.manifest.as_deref())?;
+    let (manifest, graph) = match load_manifest(&path, &args.args)? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let Some(index) = graph.index_of(&args.job) else {
+        bail!("no job {:?} in {}", args.job, path.display());
+    };
+    let planned = plan_jobs(store_dir, &manifest, &graph)?;
+    let store = Store::open(store_dir)?;
+    let manifest_name = manifest_key(&path).display().to_string();
+    let mut previous: BTreeMap<String, KeyInputs> = BTreeMap::new();
+    for node in &graph.jobs {
+        let recorded = store.last_key_inputs(&manifest_name, &node.job.name)?;
+        if let Some(inputs) = recorded.and_then(|r| serde_json::from_value(r.inputs).ok()) {
+            previous.insert(node.job.name.clone(), inputs);
+        }
+    }
+    let job = &planned[index];
+    let mut out = std::io::stdout().lock();
+    let Some(last) = previous.get(&args.job) else {
+        writeln!(
+            out,
+            "{}: no recorded run of this job; it will run ({})",
+            args.job, job.status
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    match &job.inputs {
+        Some(inputs) => {
+            let changes = inputs.changes_since(last);
+            if changes.is_empty() {
+                writeln!(
+                    out,
+                    "{}: nothing changed since its last run (key {}); {}",
+                    args.job,
+                    inputs.key(),
+                    job.status
+                )?;
+            } else {
+                writeln!(out, "{}: {} since its last run:", args.job, job.status)?;
+                for change in changes {
+                    writeln!(out, "  - {change}")?;
+                }
+            }
+        }
+        None => {
+            let pending: Vec<&str> = graph.jobs[index]
+                .upstream
+                .iter()
+                .filter(|&&u| planned[u].status != "cached")
+                .map(|&u| planned[u].job.as_str())
+                .collect();
+            writeln!(
+                out,
+                "{}: will run: its key depends on the output of upstream jobs that run first: {}",
+                args.job,
+                pending.join(", ")
+            )?;
+            let unknown = UNKNOWN_OUTPUT.to_string();
+            if let Some(partial) = &job.partial {
+                for change in partial.changes_since(last) {
+                    if !change.ends_with(&unknown) {
+                        writeln!(out, "  - {change}")?;
+                    }
+                }
+            }
+            for &upstream in &graph.jobs[index].upstream {
+                let now = planned[upstream]
+                    .inputs
+                    .as_ref()
+                    .or(planned[upstream].partial.as_ref());
+                if let (Some(now), Some(before)) = (now, previous.get(&planned[upstream].job)) {
+                    for change in now.changes_since(before) {
+                        if !change.ends_with(&unknown) {
+                            writeln!(out, "  - upstream {}: {change}", planned[upstream].job)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn kill(store_dir: &Path, args: KillArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(store_dir)?;
+    let build = if args.build == "last" {
+        store.last_build()?.context("there is no build")?
+    } else {
+        kiln_store::BuildId(
+            args.build
+                .parse()
+                .with_context(|| format!("{:?} is not a build number or `last`", args.build))?,
+        )
+    };
+    let record = store.build(build)?;
+    if record.status.is_finished() {
+        bail!(
+            "build {build} is not running (it is {})",
+            record.status.as_str()
+        );
+    }
+    let pid = record
+        .pid
+        .with_context(|| format!("build {build} has no recorded process"))?;
+    if record
+        .host
+        .as_deref()
+        .is_some_and(|host| host != crate::events::local::hostname())
+    {
+        bail!(
+            "build {build} runs on another host ({})",
+            record.host.unwrap_or_default()
+        );
+    }
+    let alive = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains("kiln"));
+    if !alive {
+        bail!("build {build} is not running (its process {pid} is gone)");
+    }
+    let pid = i32::try_from(pid).context("a process id out of range")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .with_context(|| format!("signalling process {pid}"))?;
+    println!("build {build}: sent SIGTERM to kiln process {pid}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cache(store_dir: &Path, command: CacheCommand) -> anyhow::Result<ExitCode> {
+    let mut store = Store::open(store_dir)?;
+    match command {
+        CacheCommand::Ls => {
+            let mut out = std::io::stdout().lock();
+            for root in store.list_roots(Some(RootKind::Cache))? {
+                let size = store.object_size(root.object).unwrap_or(0);
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}",
+                    root.name,
+                    root.object.digest,
+                    bytesize::ByteSize(size),
+                    root.last_used
+                )?;
+            }
+        }
+        CacheCommand::Rm { key } => {
+            if !store.remove_root(RootKind::Cache, &key)? {
+                bail!("no cache with key {key:?}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

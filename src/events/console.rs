@@ -1,0 +1,441 @@
+//! Progress for people, on stderr. Plain prefixed lines when stderr is not
+//! a terminal; on a terminal a live view (one line per running job with its
+//! elapsed time) and a summary table at the end.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{BuildStatus, Envelope, Event, EventError, Interceptor, JobStatus, build_status_label};
+
+fn output_error(source: std::io::Error) -> EventError {
+    EventError::Output {
+        what: "progress",
+        source,
+    }
+}
+
+/// Plain lines: `[build 3] job compile: passed (1.2s)`.
+pub struct PlainConsole<W: Write + Send> {
+    out: W,
+    /// Hide `job/output` lines.
+    quiet: bool,
+}
+
+impl<W: Write + Send> PlainConsole<W> {
+    pub fn new(out: W, quiet: bool) -> Self {
+        Self { out, quiet }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write + Send> Interceptor for PlainConsole<W> {
+    fn name(&self) -> &'static str {
+        "console"
+    }
+
+    fn intercept(&mut self, envelope: &Envelope) -> Result<(), EventError> {
+        let Some(line) = plain_line(&envelope.event, self.quiet) else {
+            return Ok(());
+        };
+        writeln!(self.out, "[build {}] {line}", envelope.build).map_err(output_error)
+    }
+
+    fn flush(&mut self) -> Result<(), EventError> {
+        self.out.flush().map_err(output_error)
+    }
+}
+
+/// The plain-mode line for an event, if it gets one.
+pub fn plain_line(event: &Event, quiet: bool) -> Option<String> {
+    Some(match event {
+        Event::BuildStart { jobs, stages } => {
+            format!("started: {jobs} job(s) in {} stage(s)", stages.len())
+        }
+        Event::JobStart { job, .. } => format!("job {job}: running"),
+        Event::JobCached { job, .. } => format!("job {job}: cached"),
+        Event::JobOutput { job, line } if !quiet => format!("{job} | {line}"),
+        Event::JobEnd {
+            job,
+            status,
+            duration_ms,
+            message,
+            ..
+        } => {
+            let mut line = format!("job {job}: {status} ({})", duration(*duration_ms));
+            if let Some(message) = message {
+                line.push_str(": ");
+                line.push_str(message);
+            }
+            line
+        }
+        Event::JobSkipped { job, reason, .. } => format!("job {job}: skipped ({reason})"),
+        Event::StageEnd { stage, status } if *status != BuildStatus::Passed => {
+            format!("stage {stage}: {}", build_status_label(*status))
+        }
+        Event::Warning {
+            job: Some(job),
+            message,
+        } => format!("warning: job {job}: {message}"),
+        Event::Warning { job: None, message } => format!("warning: {message}"),
+        Event::BuildStatusChanged { status } if status.is_finished() => {
+            format!("build {}", build_status_label(*status))
+        }
+        _ => return None,
+    })
+}
+
+/// `850ms`, `1.2s`, `2m03s`.
+pub fn duration(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+/// One row of the summary table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobRow {
+    pub job: String,
+    pub stage: String,
+    pub status: JobStatus,
+    pub duration_ms: Option<u64>,
+}
+
+/// Folds job events into summary rows, in the order jobs first appear.
+#[derive(Debug, Default)]
+pub struct JobTable {
+    rows: Vec<JobRow>,
+    index: HashMap<String, usize>,
+    final_status: Option<BuildStatus>,
+    started_ms: Option<i64>,
+    ended_ms: Option<i64>,
+}
+
+impl JobTable {
+    pub fn record(&mut self, envelope: &Envelope) {
+        let (job, stage, status, duration_ms) = match &envelope.event {
+            Event::JobQueued { job, stage } => (job, stage, JobStatus::Queued, None),
+            Event::JobStart { job, stage, .. } => (job, stage, JobStatus::Running, None),
+            Event::JobCached { job, stage, .. } => (job, stage, JobStatus::Cached, Some(0)),
+            Event::JobSkipped { job, stage, .. } => (job, stage, JobStatus::Skipped, None),
+            Event::JobEnd {
+                job,
+                stage,
+                status,
+                duration_ms,
+                ..
+            } => (job, stage, *status, Some(*duration_ms)),
+            Event::BuildQueued { .. } => {
+                self.started_ms.get_or_insert(envelope.time_ms);
+                return;
+            }
+            Event::BuildStatusChanged { status } if status.is_finished() => {
+                self.final_status = Some(*status);
+                self.ended_ms = Some(envelope.time_ms);
+                return;
+            }
+            _ => return,
+        };
+        let row = JobRow {
+            job: job.clone(),
+            stage: stage.clone(),
+            status,
+            duration_ms,
+        };
+        match self.index.get(job) {
+            Some(&at) => self.rows[at] = row,
+            None => {
+                self.index.insert(job.clone(), self.rows.len());
+                self.rows.push(row);
+            }
+        }
+    }
+
+    pub fn rows(&self) -> &[JobRow] {
+        &self.rows
+    }
+
+    /// The table; past `limit` rows, passed and cached jobs are counted
+    /// rather than listed (a no-op run of 1,000 cached jobs stays short).
+    pub fn render(&self, build: i64, limit: usize) -> String {
+        let shown: Vec<&JobRow> = if self.rows.len() <= limit {
+            self.rows.iter().collect()
+        } else {
+            self.rows
+                .iter()
+                .filter(|row| !row.status.is_success())
+                .collect()
+        };
+        let hidden = self.rows.len() - shown.len();
+        let width = |f: fn(&JobRow) -> usize, title: &str| {
+            shown
+                .iter()
+                .map(|row| f(row))
+                .max()
+                .unwrap_or(0)
+                .max(title.len())
+        };
+        let job_w = width(|r| r.job.chars().count(), "JOB");
+        let stage_w = width(|r| r.stage.chars().count(), "STAGE");
+        let status_w = width(|r| r.status.label().len(), "STATUS");
+        let mut out = String::new();
+        if !shown.is_empty() {
+            out.push_str(&format!(
+                "{:job_w$}  {:stage_w$}  {:status_w$}  {:>8}  CACHED\n",
+                "JOB", "STAGE", "STATUS", "DURATION"
+            ));
+            for row in &shown {
+                let took = row.duration_ms.map(duration).unwrap_or_else(|| "-".into());
+                let cached = if row.status == JobStatus::Cached {
+                    "yes"
+                } else {
+                    "no"
+                };
+                out.push_str(&format!(
+                    "{:job_w$}  {:stage_w$}  {:status_w$}  {took:>8}  {cached}\n",
+                    row.job,
+                    row.stage,
+                    row.status.label()
+                ));
+            }
+        }
+        if hidden > 0 {
+            out.push_str(&format!("… and {hidden} more passed or cached job(s)\n"));
+        }
+        let count = |status: JobStatus| self.rows.iter().filter(|r| r.status == status).count();
+        let mut line = format!("build {build}");
+        if let Some(status) = self.final_status {
+            line.push(' ');
+            line.push_str(build_status_label(status));
+        }
+        if let (Some(start), Some(end)) = (self.started_ms, self.ended_ms) {
+            line.push_str(&format!(" in {}", duration((end - start).max(0) as u64)));
+        }
+        line.push_str(&format!(
+            ": {} passed, {} cached, {} failed, {} skipped",
+            count(JobStatus::Passed),
+            count(JobStatus::Cached),
+            count(JobStatus::Failed) + count(JobStatus::TimedOut) + count(JobStatus::Killed),
+            count(JobStatus::Skipped)
+        ));
+        out.push_str(&line);
+        out.push('\n');
+        out
+    }
+}
+
+/// Summary tables longer than this list only jobs that did not pass.
+pub const SUMMARY_LIMIT: usize = 40;
+
+/// The live view on a terminal.
+pub struct LiveConsole {
+    multi: MultiProgress,
+    overall: Option<ProgressBar>,
+    running: HashMap<String, ProgressBar>,
+    table: JobTable,
+    build: i64,
+    quiet: bool,
+    done: u64,
+}
+
+impl LiveConsole {
+    pub fn new(quiet: bool) -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            overall: None,
+            running: HashMap::new(),
+            table: JobTable::default(),
+            build: 0,
+            quiet,
+            done: 0,
+        }
+    }
+
+    fn println(&self, line: &str) -> Result<(), EventError> {
+        self.multi.println(line).map_err(output_error)
+    }
+
+    fn finish_job(&mut self, job: &str) {
+        if let Some(bar) = self.running.remove(job) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+        }
+        self.done += 1;
+        if let Some(overall) = &self.overall {
+            overall.set_position(self.done);
+        }
+    }
+}
+
+impl Interceptor for LiveConsole {
+    fn name(&self) -> &'static str {
+        "console"
+    }
+
+    fn intercept(&mut self, envelope: &Envelope) -> Result<(), EventError> {
+        self.build = envelope.build;
+        self.table.record(envelope);
+        match &envelope.event {
+            Event::BuildStart { jobs, .. } if self.overall.is_some() => {
+                if let Some(overall) = &self.overall {
+                    overall.set_length(u64::from(*jobs));
+                }
+            }
+            Event::BuildStart { jobs, .. } => {
+                let style = ProgressStyle::with_template(
+                    "build {prefix}: {pos}/{len} jobs done  {elapsed}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar());
+                let bar = self.multi.add(
+                    ProgressBar::new(u64::from(*jobs))
+                        .with_style(style)
+                        .with_prefix(envelope.build.to_string()),
+                );
+                bar.enable_steady_tick(Duration::from_millis(200));
+                self.overall = Some(bar);
+            }
+            Event::JobStart { job, stage, .. } => {
+                let style =
+                    ProgressStyle::with_template("{spinner} {prefix} {elapsed:>4} {wide_msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let bar = self.multi.add(
+                    ProgressBar::new_spinner()
+                        .with_style(style)
+                        .with_prefix(format!("{job} ({stage})")),
+                );
+                bar.enable_steady_tick(Duration::from_millis(100));
+                self.running.insert(job.clone(), bar);
+            }
+            Event::JobOutput { job, line } if !self.quiet => {
+                if let Some(bar) = self.running.get(job) {
+                    bar.set_message(line.clone());
+                }
+            }
+            Event::JobCached { job, .. } => self.finish_job(job),
+            Event::JobSkipped { job, .. } => self.finish_job(job),
+            Event::JobEnd {
+                job,
+                status,
+                duration_ms,
+                message,
+                ..
+            } => {
+                self.finish_job(job);
+                if !status.is_success() {
+                    let mut line = format!("job {job}: {status} ({})", duration(*duration_ms));
+                    if let Some(message) = message {
+                        line.push_str(": ");
+                        line.push_str(message);
+                    }
+                    self.println(&line)?;
+                }
+            }
+            Event::Warning { .. } => {
+                if let Some(line) = plain_line(&envelope.event, false) {
+                    self.println(&line)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), EventError> {
+        for (_, bar) in self.running.drain() {
+            bar.finish_and_clear();
+        }
+        if let Some(bar) = self.overall.take() {
+            bar.finish_and_clear();
+        }
+        self.multi.clear().map_err(output_error)?;
+        let summary = self.table.render(self.build, SUMMARY_LIMIT);
+        let mut stderr = std::io::stderr().lock();
+        stderr.write_all(summary.as_bytes()).map_err(output_error)?;
+        stderr.flush().map_err(output_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::B3Digest;
+
+    fn envelope(seq: u64, event: Event) -> Envelope {
+        Envelope {
+            seq,
+            time_ms: seq as i64 * 10,
+            build: 5,
+            event,
+        }
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(0), "0ms");
+        assert_eq!(duration(999), "999ms");
+        assert_eq!(duration(1234), "1.2s");
+        assert_eq!(duration(61_000), "1m01s");
+        assert_eq!(duration(3_600_000), "60m00s");
+    }
+
+    #[test]
+    fn a_long_summary_lists_only_the_jobs_that_did_not_pass() {
+        let mut table = JobTable::default();
+        table.record(&envelope(
+            1,
+            Event::BuildQueued {
+                owner: "o".into(),
+                manifest: "m".into(),
+            },
+        ));
+        for n in 0..50u64 {
+            table.record(&envelope(
+                2 + n,
+                Event::JobCached {
+                    job: format!("lib{n:02}"),
+                    stage: "build".into(),
+                    key: B3Digest::of(&n.to_le_bytes()),
+                    key_inputs: None,
+                    output_layer: B3Digest::of(b"l"),
+                    log: None,
+                },
+            ));
+        }
+        table.record(&envelope(
+            60,
+            Event::JobEnd {
+                job: "link".into(),
+                stage: "build".into(),
+                status: JobStatus::Failed,
+                duration_ms: 2500,
+                exit_code: Some(1),
+                log: None,
+                output_layer: None,
+                message: None,
+            },
+        ));
+        table.record(&envelope(
+            61,
+            Event::BuildStatusChanged {
+                status: BuildStatus::Failed,
+            },
+        ));
+        assert_eq!(
+            table.render(5, SUMMARY_LIMIT),
+            "JOB   STAGE  STATUS  DURATION  CACHED\n\
+             link  build  failed      2.5s  no\n\
+             … and 50 more passed or cached job(s)\n\
+             build 5 failed in 600ms: 0 passed, 50 cached, 1 failed, 0 skipped\n"
+        );
+        assert_eq!(table.render(5, 100).lines().count(), 53);
+    }
+}

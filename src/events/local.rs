@@ -1,0 +1,96 @@
+//! The route of a local `kiln run`: persist, console, and `--json`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use kiln_store::Store;
+
+use super::console::{LiveConsole, PlainConsole};
+use super::handlers::BuildStatusHandler;
+use super::json::JsonLines;
+use super::persist::Persist;
+use super::{Event, EventBus, EventError, Route, Router};
+
+/// How progress is shown on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsoleMode {
+    /// A live view when stderr is a terminal, else plain lines.
+    #[default]
+    Auto,
+    Plain,
+    Live,
+    Off,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LocalOptions {
+    /// Print every envelope as a JSON line on stdout.
+    pub json: bool,
+    pub console: ConsoleMode,
+    /// Do not show job output lines on the console.
+    pub quiet: bool,
+}
+
+/// A started local build: its number and its bus.
+pub struct LocalBus;
+
+impl LocalBus {
+    /// Records a new build of `manifest` for `owner` in the store at
+    /// `store_dir`, starts its bus with the local route, and emits
+    /// `build/queued` and `build/initializing` (this process). The caller
+    /// emits the rest and calls [`EventBus::finish`].
+    pub fn start(
+        store_dir: &Path,
+        owner: &str,
+        manifest: &Path,
+        options: &LocalOptions,
+    ) -> Result<EventBus, EventError> {
+        let mut store = Store::open(store_dir).map_err(|source| EventError::OpenStore {
+            dir: store_dir.to_path_buf(),
+            source,
+        })?;
+        let build = store.create_build(owner)?;
+        drop(store);
+        let mut router = Router::new()
+            .handler(BuildStatusHandler::ROUTE, BuildStatusHandler::default())
+            .interceptor(Route::All, Persist::open(store_dir, build)?);
+        let console = match options.console {
+            ConsoleMode::Auto if std::io::stderr().is_terminal() => ConsoleMode::Live,
+            ConsoleMode::Auto => ConsoleMode::Plain,
+            other => other,
+        };
+        match console {
+            ConsoleMode::Plain => {
+                router = router.interceptor(
+                    Route::All,
+                    PlainConsole::new(std::io::stderr(), options.quiet),
+                )
+            }
+            ConsoleMode::Live => {
+                router = router.interceptor(Route::All, LiveConsole::new(options.quiet))
+            }
+            ConsoleMode::Auto | ConsoleMode::Off => {}
+        }
+        if options.json {
+            router = router.interceptor(Route::All, JsonLines::stdout());
+        }
+        let bus = EventBus::start(build.0, router)?;
+        let emitter = bus.emitter();
+        emitter.emit(Event::BuildQueued {
+            owner: owner.to_owned(),
+            manifest: manifest.display().to_string(),
+        });
+        emitter.emit(Event::BuildInitializing {
+            pid: std::process::id(),
+            host: hostname(),
+        });
+        Ok(bus)
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_default()
+}

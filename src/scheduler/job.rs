@@ -1,0 +1,367 @@
+//! One job: key, cache lookup, workspace, run, capture (design §3–§5).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use kiln_store::{B3Digest, JobArtifact, Node};
+
+use super::{JobDone, RunError, Shared, caches};
+use crate::driver::{Driver, JobEnd, JobRun, LineSink, Workspace};
+use crate::events::{Event, JobStatus};
+use crate::layers::{self};
+
+const PASSED: &str = "passed";
+
+pub(crate) async fn run_job(
+    shared: &Arc<Shared>,
+    index: usize,
+    outputs: Vec<Option<B3Digest>>,
+) -> Result<JobDone, RunError> {
+    let node = &shared.graph.jobs[index];
+    let (name, stage) = (node.job.name.clone(), node.job.stage.clone());
+    let driver = shared.drivers[shared.of_job[index]].clone();
+    let emitter = &shared.emitter;
+
+    // The key: an upstream without an output (it failed before producing
+    // one, in a stage allowed to fail) counts as an empty layer.
+    let upstream = node.upstream.clone();
+    let key_driver = driver.clone();
+    let (inputs, outputs) = shared
+        .blocking(move |ctx, shared| {
+            let mut outputs = outputs;
+            for &up in &upstream {
+                if outputs[up].is_none() {
+                    outputs[up] = Some(layers::empty_tree(&mut ctx.store, &ctx.roots)?);
+                }
+            }
+            let inputs = ctx
+                .key_inputs(&shared.graph, index, &key_driver, &shared.base, &outputs)?
+                .ok_or_else(|| RunError::Internal("an upstream output is missing".into()))?;
+            Ok((inputs, outputs))
+        })
+        .await?;
+    let key = inputs.key();
+    let cacheable = driver.cacheable() && !node.job.network;
+    let inputs_json = serde_json::to_value(&inputs).ok();
+
+    if cacheable && !shared.options.no_cache {
+        let found = shared
+            .blocking(move |ctx, _| {
+                let result = ctx.store.lookup_job_result(&key)?;
+                if let Some(result) = &result {
+                    for artifact in &result.artifacts {
+                        ctx.roots.hold(artifact.object)?;
+                    }
+                }
+                Ok(result)
+            })
+            .await?;
+        if let Some(result) = found.filter(|result| result.status == PASSED) {
+            emitter.emit(Event::JobCached {
+                job: name.clone(),
+                stage: stage.clone(),
+                key,
+                key_inputs: inputs_json,
+                output_layer: result.output_layer,
+                log: result.log,
+            });
+            for artifact in result.artifacts {
+                emitter.emit(Event::ArtifactSaved {
+                    job: name.clone(),
+                    name: artifact.name,
+                    object: artifact.object,
+                    size: artifact.size,
+                });
+            }
+            return Ok(JobDone {
+                status: JobStatus::Cached,
+                output: Some(result.output_layer),
+            });
+        }
+    }
+
+    // Wait for a slot, unless the build stops first.
+    let mut stop = shared.stop.clone();
+    let permit = tokio::select! {
+        permit = shared.slots.acquire() => permit.ok(),
+        _ = crate::driver::stopped(&mut stop) => None,
+    };
+    if permit.is_none() || shared.halted.load(Ordering::SeqCst) {
+        emitter.emit(Event::JobSkipped {
+            job: name.clone(),
+            stage,
+            reason: "the build stopped before it could start".into(),
+        });
+        return Ok(JobDone {
+            status: JobStatus::Skipped,
+            output: None,
+        });
+    }
+
+    emitter.emit(Event::JobStart {
+        job: name.clone(),
+        stage: stage.clone(),
+        key: cacheable.then_some(key),
+        key_inputs: inputs_json,
+    });
+    let started = Instant::now();
+    let job_dir = shared.temp.join(format!("{index}-{name}"));
+    let base_layer = inputs.base_layer;
+    let layer_stack: Vec<B3Digest> = node.upstream.iter().filter_map(|&u| outputs[u]).collect();
+    let prepared = {
+        let (job_dir, layer_stack, driver) = (job_dir.clone(), layer_stack.clone(), driver.clone());
+        shared
+            .blocking(move |ctx, _| {
+                prepare_workspace(ctx, &driver, &job_dir, &base_layer, &layer_stack)
+            })
+            .await
+    };
+    let caches = match &prepared {
+        Ok(_) => {
+            let (job_dir, specs, driver) =
+                (job_dir.clone(), node.job.caches.clone(), driver.clone());
+            shared
+                .blocking(move |ctx, _| caches::restore(ctx, &driver, &job_dir, &specs))
+                .await
+        }
+        Err(_) => Ok(Vec::new()),
+    };
+    let caches = match caches {
+        Ok(caches) => caches,
+        Err(error) => {
+            emitter.emit(Event::Warning {
+                job: Some(name.clone()),
+                message: format!("build caches not restored: {error}"),
+            });
+            Vec::new()
+        }
+    };
+    for (cache, tree) in caches
+        .iter()
+        .filter_map(|c| c.restored.map(|tree| (c, tree)))
+    {
+        emitter.emit(Event::CacheRestored {
+            job: name.clone(),
+            key: cache.key.clone(),
+            tree,
+        });
+    }
+    let outcome = match prepared {
+        Ok((workspace, merged)) => {
+            let run = JobRun {
+                name: name.clone(),
+                script: node.job.script(),
+                env: inputs.env.clone(),
+                dir: job_dir.clone(),
+                workspace: workspace.clone(),
+                timeout: node.job.timeout,
+                network: node.job.network,
+                caches: caches
+                    .iter()
+                    .flat_map(|cache| cache.mounts.iter().cloned())
+                    .collect(),
+                output: Some(output_sink(emitter.clone(), name.clone())),
+            };
+            let outcome = driver.run(run, shared.stop.clone()).await;
+            Some((outcome, workspace, merged))
+        }
+        Err(error) => {
+            let _ = std::fs::create_dir_all(&job_dir);
+            let log = job_dir.join("log");
+            let _ = std::fs::write(
+                &log,
+                format!("kiln: cannot prepare the workspace: {error}\n"),
+            );
+            emitter.emit(Event::Warning {
+                job: Some(name.clone()),
+                message: format!("cannot prepare the workspace: {error}"),
+            });
+            None
+        }
+    };
+    drop(permit);
+
+    let (end, log_path, workspace, merged) = match outcome {
+        Some((outcome, workspace, merged)) => (outcome.end, outcome.log, Some(workspace), merged),
+        None => (
+            JobEnd::Failed("the workspace could not be prepared".into()),
+            job_dir.join("log"),
+            None,
+            None,
+        ),
+    };
+    let artifacts_spec = node.job.artifacts.clone();
+    let record = cacheable;
+    let finish_dir = job_dir.clone();
+    let caches_to_save = caches.clone();
+    let finished = shared
+        .blocking(move |ctx, _| {
+            let mut end = end;
+            let output = match (&end, &workspace) {
+                (JobEnd::Passed | JobEnd::Failed(_), Some(Workspace::Layers { upper, .. })) => {
+                    Some(layers::capture(&mut ctx.store, upper, &ctx.roots)?)
+                }
+                (JobEnd::Passed | JobEnd::Failed(_), Some(Workspace::Scratch(scratch))) => {
+                    let after = layers::capture(&mut ctx.store, scratch, &ctx.roots)?;
+                    let before = merged.unwrap_or(after);
+                    Some(layers::diff(&mut ctx.store, &before, &after, &ctx.roots)?)
+                }
+                _ => None,
+            };
+            let mut artifacts: Vec<JobArtifact> = Vec::new();
+            if let (JobEnd::Passed, Some(output)) = (&end, output) {
+                let mut stack = layer_stack.clone();
+                stack.push(output);
+                let collected =
+                    layers::merged_view(&ctx.store, &base_layer, &stack).and_then(|mut view| {
+                        layers::collect_artifacts(
+                            &mut ctx.store,
+                            &mut view,
+                            &artifacts_spec,
+                            &ctx.roots,
+                        )
+                    });
+                match collected {
+                    Ok(found) => artifacts = found,
+                    Err(error) => {
+                        let message = format!("collecting artifacts failed: {error}");
+                        crate::driver::append_to_log(&log_path, &format!("kiln: {message}\n"));
+                        end = JobEnd::Failed(message);
+                    }
+                }
+            }
+            let log_bytes = std::fs::read(&log_path).unwrap_or_default();
+            let log = Some(ctx.store.add_bytes(&log_bytes, &ctx.roots)?.object.digest);
+            if let (JobEnd::Passed, Some(output), true) = (&end, output, record) {
+                ctx.store
+                    .record_job_result(key, output, log, PASSED, artifacts.clone())?;
+            }
+            let saved = if matches!(end, JobEnd::Passed) {
+                caches::save(ctx, &caches_to_save)?
+            } else {
+                Vec::new()
+            };
+            let _ = std::fs::remove_dir_all(&finish_dir);
+            Ok((end, output, log, artifacts, saved))
+        })
+        .await;
+    let (end, output, log, artifacts, saved) = match finished {
+        Ok(finished) => finished,
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&job_dir);
+            (
+                JobEnd::Failed(format!("capturing the job's output failed: {error}")),
+                None,
+                None,
+                Vec::new(),
+                Vec::new(),
+            )
+        }
+    };
+    let (status, message) = match end {
+        JobEnd::Passed => (JobStatus::Passed, None),
+        JobEnd::Failed(message) => (JobStatus::Failed, Some(message)),
+        JobEnd::Killed => (JobStatus::Killed, Some("killed".to_owned())),
+        JobEnd::TimedOut => (
+            JobStatus::TimedOut,
+            Some(match node.job.timeout {
+                Some(timeout) => format!(
+                    "timed out after {}",
+                    kiln_grammar::manifest::format_duration(timeout)
+                ),
+                None => "timed out".to_owned(),
+            }),
+        ),
+    };
+    for (key, tree, size) in saved {
+        emitter.emit(Event::CacheSaved {
+            job: name.clone(),
+            key,
+            tree,
+            size,
+        });
+    }
+    if status == JobStatus::Passed {
+        for artifact in artifacts {
+            emitter.emit(Event::ArtifactSaved {
+                job: name.clone(),
+                name: artifact.name,
+                object: artifact.object,
+                size: artifact.size,
+            });
+        }
+    }
+    emitter.emit(Event::JobEnd {
+        job: name,
+        stage,
+        status,
+        duration_ms: started.elapsed().as_millis() as u64,
+        exit_code: None,
+        log,
+        output_layer: output,
+        message,
+    });
+    Ok(JobDone { status, output })
+}
+
+/// Emits each output line of `job` as a `job/output` event.
+fn output_sink(emitter: crate::events::Emitter, job: String) -> LineSink {
+    LineSink(Arc::new(move |line: &str| {
+        emitter.emit(Event::JobOutput {
+            job: job.clone(),
+            line: line.to_owned(),
+        });
+    }))
+}
+
+/// Lays out the job's workspace: overlay layers for a container, a merged
+/// scratch copy for the host driver. Returns the merged tree for the host
+/// driver (its output is the difference from it).
+fn prepare_workspace(
+    ctx: &mut super::StoreCtx,
+    driver: &Driver,
+    job_dir: &PathBuf,
+    base: &B3Digest,
+    stack: &[B3Digest],
+) -> Result<(Workspace, Option<B3Digest>), RunError> {
+    let io = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| RunError::Io { path, source }
+    };
+    std::fs::create_dir_all(job_dir).map_err(io(job_dir))?;
+    match driver {
+        Driver::Container(_) => {
+            // overlayfs refuses one directory twice among its lower layers;
+            // keeping only the topmost copy of a repeated layer shows the
+            // same files (everything the lower copy has, the upper hides).
+            let all: Vec<B3Digest> = std::iter::once(*base)
+                .chain(stack.iter().copied())
+                .collect();
+            let mut lower = Vec::with_capacity(all.len());
+            for (position, layer) in all.iter().enumerate() {
+                if all[position + 1..].contains(layer) {
+                    continue;
+                }
+                lower.push(ctx.layers.directory(&ctx.store, layer)?);
+            }
+            let upper = job_dir.join("upper");
+            let work = job_dir.join("work");
+            for dir in [&upper, &work] {
+                std::fs::create_dir(dir).map_err(io(dir))?;
+            }
+            Ok((Workspace::Layers { lower, upper, work }, None))
+        }
+        Driver::Host(_) => {
+            let view = layers::merged_view(&ctx.store, base, stack)?;
+            let merged = match view.write(&mut ctx.store, &ctx.roots)? {
+                Node::Directory { digest, .. } => digest,
+                _ => layers::empty_tree(&mut ctx.store, &ctx.roots)?,
+            };
+            let scratch = job_dir.join("workspace");
+            ctx.store.restore(&merged, &scratch, &Default::default())?;
+            Ok((Workspace::Scratch(scratch), Some(merged)))
+        }
+    }
+}

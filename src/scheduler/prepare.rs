@@ -1,0 +1,181 @@
+//! The steps before any job runs (design §5 rules 1–3), shared by
+//! `kiln run`, `kiln plan` and `kiln explain`: drivers created, objects
+//! placed, sources resolved, base layer composed; and the job key inputs
+//! computed once upstream outputs are known.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use kiln_grammar::manifest::{Driver as DriverSpec, Manifest};
+use kiln_store::{B3Digest, Store, TempRoots};
+
+use super::RunError;
+use crate::driver::{CreateContext, Driver, hermetic_env};
+use crate::graph::{BuildGraph, DepKey, KEY_FORMAT_VERSION, KeyInputs};
+use crate::layers::{self, LayerCache};
+use crate::resolve::{self, PlacedObject, ResolvedSource};
+
+/// The distinct drivers of a manifest, and which one each job uses.
+pub struct DriverSet {
+    pub specs: Vec<DriverSpec>,
+    /// Per job (graph order): an index into `specs`.
+    pub of_job: Vec<usize>,
+}
+
+impl DriverSet {
+    pub fn of(graph: &BuildGraph) -> DriverSet {
+        let mut specs: Vec<DriverSpec> = Vec::new();
+        let mut of_job = Vec::with_capacity(graph.jobs.len());
+        for node in &graph.jobs {
+            let index = match specs.iter().position(|spec| *spec == node.job.driver) {
+                Some(index) => index,
+                None => {
+                    specs.push(node.job.driver.clone());
+                    specs.len() - 1
+                }
+            };
+            of_job.push(index);
+        }
+        DriverSet { specs, of_job }
+    }
+}
+
+/// A short name for a driver in events: `container:host`, `host`.
+pub fn driver_name(spec: &DriverSpec) -> String {
+    match spec {
+        DriverSpec::Container(container) => format!("container:{}", container.image),
+        DriverSpec::Qemu(qemu) => format!("qemu:{}", qemu.image),
+        DriverSpec::Host(_) => "host".to_owned(),
+    }
+}
+
+pub fn create_driver(spec: &DriverSpec, context: &CreateContext) -> Result<Driver, RunError> {
+    Ok(Driver::create(spec, context)?)
+}
+
+/// The store handle and what a build keeps while it runs. One per build,
+/// behind a mutex, used from the blocking pool.
+pub struct StoreCtx {
+    pub store: Store,
+    pub roots: TempRoots,
+    pub layers: LayerCache,
+    narrowed: HashMap<Vec<String>, B3Digest>,
+}
+
+impl StoreCtx {
+    pub fn open(store_dir: &Path, layers_dir: &Path) -> Result<StoreCtx, RunError> {
+        let store = Store::open(store_dir)?;
+        let roots = store.temp_roots()?;
+        Ok(StoreCtx {
+            store,
+            roots,
+            layers: LayerCache::new(layers_dir.to_path_buf()),
+            narrowed: HashMap::new(),
+        })
+    }
+
+    /// The base layer narrowed to `inputs` (memoised per pattern list).
+    pub fn base_for(
+        &mut self,
+        base: &B3Digest,
+        inputs: Option<&[String]>,
+    ) -> Result<B3Digest, RunError> {
+        let Some(patterns) = inputs else {
+            return Ok(*base);
+        };
+        if let Some(digest) = self.narrowed.get(patterns) {
+            return Ok(*digest);
+        }
+        let digest = layers::narrow(&mut self.store, base, patterns, &self.roots)?;
+        self.narrowed.insert(patterns.to_vec(), digest);
+        Ok(digest)
+    }
+
+    pub fn place_objects(
+        &mut self,
+        manifest: &Manifest,
+        workspace: Option<&str>,
+    ) -> Vec<Result<PlacedObject, resolve::ResolveError>> {
+        manifest
+            .objects
+            .iter()
+            .map(|object| {
+                resolve::place_object(
+                    &mut self.store,
+                    &self.roots,
+                    &manifest.dir,
+                    workspace,
+                    object,
+                )
+            })
+            .collect()
+    }
+
+    pub fn resolve_sources(
+        &mut self,
+        manifest: &Manifest,
+    ) -> Vec<Result<ResolvedSource, resolve::ResolveError>> {
+        manifest
+            .sources
+            .iter()
+            .map(|source| {
+                resolve::resolve_source(&mut self.store, &self.roots, &manifest.dir, source)
+            })
+            .collect()
+    }
+
+    pub fn compose_base(
+        &mut self,
+        sources: &[ResolvedSource],
+        objects: &[PlacedObject],
+    ) -> Result<B3Digest, RunError> {
+        Ok(resolve::compose_base(
+            &mut self.store,
+            &self.roots,
+            sources,
+            objects,
+        )?)
+    }
+
+    /// The key inputs of job `index`, or `None` while an upstream output is
+    /// unknown.
+    pub fn key_inputs(
+        &mut self,
+        graph: &BuildGraph,
+        index: usize,
+        driver: &Driver,
+        base: &B3Digest,
+        outputs: &[Option<B3Digest>],
+    ) -> Result<Option<KeyInputs>, RunError> {
+        let node = &graph.jobs[index];
+        let mut deps = Vec::with_capacity(node.upstream.len());
+        for &upstream in &node.upstream {
+            let Some(output) = outputs[upstream] else {
+                return Ok(None);
+            };
+            deps.push(DepKey {
+                job: graph.jobs[upstream].job.name.clone(),
+                output,
+            });
+        }
+        let base_layer = self.base_for(base, node.job.inputs.as_deref())?;
+        Ok(Some(KeyInputs {
+            version: KEY_FORMAT_VERSION,
+            driver: driver.key(),
+            script: node.job.script(),
+            env: job_env(&node.job.env),
+            base_layer,
+            deps,
+            artifacts: node
+                .job
+                .artifacts
+                .iter()
+                .map(|artifact| format!("{} => {}", artifact.src, artifact.name))
+                .collect(),
+        }))
+    }
+}
+
+pub fn job_env(env: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
+    hermetic_env(env, "/root")
+}
