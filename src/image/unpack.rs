@@ -220,6 +220,12 @@ impl Unpacker {
         unsafe_entry: &dyn Fn(String) -> ImageError,
     ) -> Result<(), ImageError> {
         let parent = relative.parent().unwrap_or(Path::new(""));
+        let hidden = &name[WHITEOUT_PREFIX.len()..];
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(unsafe_entry(
+                "is a whiteout that names no file (or `.`/`..`)".into(),
+            ));
+        }
         // Never look through a symlink or a file, and never create anything:
         // a whiteout in a directory that does not exist hides nothing.
         let mut prefix = PathBuf::new();
@@ -239,15 +245,9 @@ impl Unpacker {
         if name == OPAQUE_MARKER {
             return self.hide_lower(parent, false);
         }
-        let hidden = &name[WHITEOUT_PREFIX.len()..];
+        // Other `.wh..wh.` names are aufs bookkeeping, not whiteouts.
         if hidden.starts_with(WHITEOUT_PREFIX) {
-            // Other `.wh..wh.` names are aufs bookkeeping, not whiteouts.
             return Ok(());
-        }
-        if matches!(hidden, b"" | b"." | b"..") {
-            return Err(unsafe_entry(
-                "is a whiteout that names no file (or `.`/`..`)".into(),
-            ));
         }
         self.hide_lower(&parent.join(OsStr::from_bytes(hidden)), true)
     }
