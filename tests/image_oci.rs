@@ -171,7 +171,7 @@ fn an_umoci_image_is_flattened_with_whiteouts_and_keeps_its_config() {
         .output()
         .unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
-    assert_eq!(listed[0]["source"]["oci"][1], "oci_layout");
+    assert_eq!(listed[0]["source"]["oci"]["format"], "oci_layout");
     assert_eq!(listed[0]["config"]["working_dir"], "/srv");
     assert_eq!(listed[0]["config"]["user"], "0:0");
     // `kiln image rm` takes the config with the image (it is in the tree).

@@ -20,7 +20,8 @@ pub struct ImageInfo {
     /// Its data is gone (`kiln store fsck --repair` found it damaged).
     pub broken: bool,
     /// How it was imported: `directory`, `{"archive": "tar_gzip"}`,
-    /// `{"oci": ["tar", "oci_layout"]}`; `None` if not recorded (an image
+    /// `{"oci": {"compression": "tar", "format": "oci_layout"}}`; `None` if
+    /// not recorded (an image
     /// that came in a bundle).
     pub source: Option<SourceKind>,
     /// An OCI image's config (env, working dir, user).

@@ -36,9 +36,12 @@ pub(crate) const SOURCE_ROOT_PREFIX: &str = "image-source/";
 pub enum SourceKind {
     Directory,
     Archive(ArchiveFormat),
-    /// An OCI image archive (the outer archive's compression, then which
-    /// kind of image archive).
-    Oci(ArchiveFormat, OciFormat),
+    /// An OCI image archive: the outer archive's compression and which kind
+    /// of image archive it is.
+    Oci {
+        compression: ArchiveFormat,
+        format: OciFormat,
+    },
 }
 
 impl std::fmt::Display for SourceKind {
@@ -46,8 +49,14 @@ impl std::fmt::Display for SourceKind {
         match self {
             SourceKind::Directory => f.write_str("directory"),
             SourceKind::Archive(format) => write!(f, "{format}"),
-            SourceKind::Oci(_, OciFormat::OciLayout) => f.write_str("OCI"),
-            SourceKind::Oci(_, OciFormat::DockerSave) => f.write_str("OCI (docker save)"),
+            SourceKind::Oci {
+                format: OciFormat::OciLayout,
+                ..
+            } => f.write_str("OCI"),
+            SourceKind::Oci {
+                format: OciFormat::DockerSave,
+                ..
+            } => f.write_str("OCI (docker save)"),
         }
     }
 }
@@ -129,7 +138,13 @@ pub fn import(
         let format = detect(source)?;
         if looks_like_image(open_archive(source, format, None)?) {
             let (oci, imported) = add_oci(store, name, source, format, options, &roots)?;
-            (SourceKind::Oci(format, oci), imported)
+            (
+                SourceKind::Oci {
+                    compression: format,
+                    format: oci,
+                },
+                imported,
+            )
         } else {
             (
                 SourceKind::Archive(format),

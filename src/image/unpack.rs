@@ -593,6 +593,83 @@ mod tests {
         }
     }
 
+    fn names_below(root: &Path) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let relative = path.strip_prefix(root).unwrap().display().to_string();
+                if fs::symlink_metadata(&path).unwrap().is_dir() {
+                    stack.push(path);
+                    names.push(format!("{relative}/"));
+                } else {
+                    names.push(relative);
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn whiteouts_hide_lower_layers_only() {
+        use Item::*;
+        let dir = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::new(dir.path());
+        let layers = [
+            archive(&[
+                File("a/gone", "1", 0o644),
+                File("a/kept", "1", 0o644),
+                File("opq/old", "1", 0o644),
+                File("opq/sub/old", "1", 0o644),
+                File("dir/x", "1", 0o644),
+                Symlink("link", "/etc"),
+            ]),
+            archive(&[
+                File("a/.wh.gone", "", 0o644),
+                // Written before the opaque marker of the same layer: kept.
+                File("opq/sub/new", "2", 0o644),
+                File("opq/.wh..wh..opq", "", 0o644),
+                File("opq/new", "2", 0o644),
+                // The same layer's file survives its own later whiteout.
+                File("same", "2", 0o644),
+                File(".wh.same", "", 0o644),
+                // A whiteout of a directory takes it whole; of a symlink,
+                // the link and not what it points at.
+                File(".wh.dir", "", 0o644),
+                File(".wh.link", "", 0o644),
+                // Nothing there to hide, nothing created for it.
+                File("nowhere/.wh.x", "", 0o644),
+                // aufs bookkeeping is ignored.
+                File(".wh..wh.plnk", "", 0o644),
+            ]),
+        ];
+        for layer in &layers {
+            unpacker
+                .apply_layer(Path::new("layer.tar"), layer.as_slice())
+                .unwrap();
+        }
+        assert_eq!(
+            names_below(dir.path()),
+            [
+                "a/",
+                "a/kept",
+                "opq/",
+                "opq/new",
+                "opq/sub/",
+                "opq/sub/new",
+                "same"
+            ]
+        );
+        // The same names in a plain rootfs tarball are just files.
+        let plain = tempfile::tempdir().unwrap();
+        Unpacker::new(plain.path())
+            .apply(Path::new("rootfs.tar"), layers[1].as_slice())
+            .unwrap();
+        assert!(plain.path().join("a/.wh.gone").is_file());
+    }
+
     #[test]
     fn an_empty_archive_is_an_empty_image() {
         let (dir, result) = unpack(&[]);
