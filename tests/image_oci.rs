@@ -133,6 +133,11 @@ fn an_umoci_image_is_flattened_with_whiteouts_and_keeps_its_config() {
     let mut store = Store::open(dir.path().join("store")).unwrap();
     let report = image::import(&mut store, "umoci/t", &archive, &ImportOptions::default()).unwrap();
     assert_eq!(report.source.to_string(), "OCI");
+    // The layout directory itself imports as the same image.
+    let from_dir =
+        image::import(&mut store, "umoci/dir", &layout, &ImportOptions::default()).unwrap();
+    assert_eq!(from_dir.digest, report.digest);
+    image::remove(&mut store, "umoci/dir").unwrap();
 
     let tree = restored(&store, "umoci/t", dir.path());
     assert_eq!(fs::read_to_string(tree.join("etc/keep")).unwrap(), "kept\n");
@@ -488,4 +493,120 @@ fn layers_that_write_outside_the_root_are_refused() {
         "still here"
     );
     assert!(!dir.path().join("evil").exists());
+}
+
+/// An OCI image layout tar built here per the image-spec: `oci-layout`,
+/// `index.json` listing one manifest per `(os, architecture)` with its
+/// platform, gzip-compressed layers, every blob under `blobs/sha256/`.
+fn oci_layout_tar(images: &[(&str, &str, Vec<u8>)]) -> Vec<u8> {
+    let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut add_blob = |bytes: Vec<u8>| -> (String, u64) {
+        let digest = format!("sha256:{}", sha256(&bytes));
+        let size = bytes.len() as u64;
+        blobs.push((digest.clone(), bytes));
+        (digest, size)
+    };
+    let mut manifests = Vec::new();
+    for (os, architecture, layer) in images {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, layer).unwrap();
+        let (layer_digest, layer_size) = add_blob(gz.finish().unwrap());
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": architecture,
+            "os": os,
+            "config": { "Env": [format!("ARCH={architecture}")] },
+            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256(layer))] },
+        }))
+        .unwrap();
+        let (config_digest, config_size) = add_blob(config);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest, "size": config_size,
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": layer_digest, "size": layer_size,
+            }],
+        }))
+        .unwrap();
+        let (digest, size) = add_blob(manifest);
+        manifests.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size,
+            "platform": { "os": os, "architecture": architecture },
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, bytes: &[u8]| {
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(0o644);
+        header.set_size(bytes.len() as u64);
+        builder.append_data(&mut header, path, bytes).unwrap();
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    for (digest, bytes) in &blobs {
+        add(
+            &format!("blobs/sha256/{}", &digest["sha256:".len()..]),
+            bytes,
+        );
+    }
+    add("index.json", &index);
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn a_multi_platform_index_gives_the_linux_amd64_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = vec![
+        ("linux", "arm64", layer(&[Entry::File("arch", "arm64")])),
+        ("linux", "amd64", layer(&[Entry::File("arch", "amd64")])),
+        ("windows", "amd64", layer(&[Entry::File("arch", "windows")])),
+    ];
+    let archive = dir.path().join("multi.tar.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &oci_layout_tar(&images)).unwrap();
+    fs::write(&archive, gz.finish().unwrap()).unwrap();
+    let mut store = Store::open(dir.path().join("store")).unwrap();
+    let report = image::import(&mut store, "multi", &archive, &ImportOptions::default()).unwrap();
+    let tree = restored(&store, "multi", dir.path());
+    assert_eq!(fs::read_to_string(tree.join("arch")).unwrap(), "amd64");
+    let config = report.config.unwrap();
+    assert_eq!(config.env, vec![("ARCH".to_string(), "amd64".to_string())]);
+
+    // With a single image, that one is taken whatever its platform.
+    let single = dir.path().join("single.tar");
+    fs::write(&single, oci_layout_tar(&images[..1])).unwrap();
+    image::import(&mut store, "single", &single, &ImportOptions::default()).unwrap();
+    let tree = restored(&store, "single", dir.path());
+    assert_eq!(fs::read_to_string(tree.join("arch")).unwrap(), "arm64");
+
+    // A blob whose size disagrees with its descriptor is named.
+    let mut bytes = oci_layout_tar(&images[1..2]);
+    let index_at = bytes
+        .windows(b"\"size\":".len())
+        .rposition(|w| w == b"\"size\":")
+        .unwrap();
+    // The last "size" in the archive is the manifest's, in index.json.
+    let digit = index_at + b"\"size\":".len();
+    bytes[digit] = if bytes[digit] == b'9' {
+        b'1'
+    } else {
+        bytes[digit] + 1
+    };
+    let wrong_size = dir.path().join("wrong-size.tar");
+    fs::write(&wrong_size, bytes).unwrap();
+    let err = image::import(&mut store, "wrong", &wrong_size, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bytes but its descriptor says"), "{err}");
+    assert_nothing_imported(&mut store, "wrong");
 }

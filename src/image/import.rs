@@ -23,7 +23,7 @@ use kiln_store::{
 use super::config::{ImageConfig, write_config};
 use super::error::{ImageError, IoContext};
 use super::name::validate_name;
-use super::oci::{OciFormat, looks_like_image, unpack_image};
+use super::oci::{OciFormat, is_layout_dir, looks_like_image, unpack_image};
 use super::unpack::Unpacker;
 
 /// The object root (`object/image-source/NAME`) recording how an image was
@@ -36,10 +36,10 @@ pub(crate) const SOURCE_ROOT_PREFIX: &str = "image-source/";
 pub enum SourceKind {
     Directory,
     Archive(ArchiveFormat),
-    /// An OCI image archive: the outer archive's compression and which kind
-    /// of image archive it is.
+    /// An OCI image archive: the outer archive's compression (`None`: an
+    /// OCI layout directory) and which kind of image archive it is.
     Oci {
-        compression: ArchiveFormat,
+        compression: Option<ArchiveFormat>,
         format: OciFormat,
     },
 }
@@ -129,7 +129,16 @@ pub fn import(
     let source = &fs::canonicalize(source).at(source)?;
     let meta = fs::metadata(source).at(source)?;
     let roots = store.temp_roots()?;
-    let (kind, imported) = if meta.is_dir() {
+    let (kind, imported) = if meta.is_dir() && is_layout_dir(source) {
+        let (format, imported) = add_oci(store, name, source, None, options, &roots)?;
+        (
+            SourceKind::Oci {
+                compression: None,
+                format,
+            },
+            imported,
+        )
+    } else if meta.is_dir() {
         (
             SourceKind::Directory,
             add_directory(store, source, options, &roots)?,
@@ -137,10 +146,10 @@ pub fn import(
     } else if meta.is_file() {
         let format = detect(source)?;
         if looks_like_image(open_archive(source, format, None)?) {
-            let (oci, imported) = add_oci(store, name, source, format, options, &roots)?;
+            let (oci, imported) = add_oci(store, name, source, Some(format), options, &roots)?;
             (
                 SourceKind::Oci {
-                    compression: format,
+                    compression: Some(format),
                     format: oci,
                 },
                 imported,
@@ -246,7 +255,7 @@ fn add_oci(
     store: &mut Store,
     name: &str,
     archive: &Path,
-    format: ArchiveFormat,
+    format: Option<ArchiveFormat>,
     options: &ImportOptions<'_>,
     roots: &TempRoots,
 ) -> Result<(OciFormat, Imported), ImageError> {
@@ -254,7 +263,10 @@ fn add_oci(
     let rootfs_dir = scratch.path().join("rootfs");
     fs::create_dir(&rootfs_dir).at(&rootfs_dir)?;
     let mut rootfs = Unpacker::new(&rootfs_dir);
-    let outer = open_archive(archive, format, options.progress)?;
+    let outer = match format {
+        Some(format) => Some(open_archive(archive, format, options.progress)?),
+        None => None,
+    };
     let (oci, stored) = unpack_image(archive, outer, name, scratch.path(), &mut rootfs)?;
     let mut skipped = rootfs.skipped;
     if write_config(&rootfs_dir, &stored)? {
@@ -263,9 +275,12 @@ fn add_oci(
             kind: "directory reserved by kiln".into(),
         });
     }
-    // The unpacked archive itself is not part of the image.
+    // The unpacked archive itself is not part of the image (and the
+    // scratch directory goes on drop anyway): free its space before adding.
     let layout = scratch.path().join("layout");
-    fs::remove_dir_all(&layout).at(&layout)?;
+    if format.is_some() {
+        fs::remove_dir_all(&layout).at(&layout)?;
+    }
     let add_options = AddOptions {
         layer: false,
         progress: options.progress,

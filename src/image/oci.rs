@@ -99,6 +99,14 @@ pub(crate) fn looks_like_image(reader: impl Read) -> bool {
     false
 }
 
+/// Whether the directory `dir` is an OCI image layout (`oci-layout` and
+/// `index.json` files at its root) rather than a root filesystem.
+pub(crate) fn is_layout_dir(dir: &Path) -> bool {
+    ["oci-layout", "index.json"]
+        .iter()
+        .all(|name| fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_file()))
+}
+
 /// The unpacked outer archive.
 struct Layout<'a> {
     root: PathBuf,
@@ -323,18 +331,26 @@ struct Layer {
 }
 
 /// Unpacks the image archive `archive` (its decompressed tar stream is
-/// `outer`) into `scratch/rootfs` through `rootfs`, choosing the image for
+/// `outer`; `None` when `archive` is an OCI layout directory) into `scratch/rootfs` through `rootfs`, choosing the image for
 /// `name` (see [`choose_manifest`]). Returns what the caller records.
 pub(crate) fn unpack_image(
     archive: &Path,
-    outer: impl Read,
+    outer: Option<impl Read>,
     name: &str,
     scratch: &Path,
     rootfs: &mut Unpacker,
 ) -> Result<(OciFormat, StoredConfig), ImageError> {
-    let layout_dir = scratch.join("layout");
-    fs::create_dir(&layout_dir).at(&layout_dir)?;
-    Unpacker::new(&layout_dir).apply(archive, outer)?;
+    let layout_dir = match outer {
+        Some(outer) => {
+            let layout_dir = scratch.join("layout");
+            fs::create_dir(&layout_dir).at(&layout_dir)?;
+            Unpacker::new(&layout_dir).apply(archive, outer)?;
+            layout_dir
+        }
+        // An OCI layout directory is read where it is (only through
+        // `Layout::open`, which never leaves it).
+        None => archive.to_path_buf(),
+    };
     let layout = Layout {
         root: layout_dir,
         archive,
