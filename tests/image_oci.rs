@@ -163,9 +163,19 @@ fn an_umoci_image_is_flattened_with_whiteouts_and_keeps_its_config() {
     assert_eq!(config.working_dir.as_deref(), Some("/srv"));
     assert_eq!(config.user.as_deref(), Some("0:0"));
     assert_eq!((config.uid, config.gid), (Some(0), Some(0)));
-    let env = config.job_env(&pairs(&[("SHARED", "manifest"), ("HOME", "/work")]));
-    assert!(env.contains(&("SHARED".into(), "manifest".into())));
-    assert!(env.contains(&("FROM_IMAGE".into(), "oci".into())));
+    let env = config.job_env(
+        &pairs(&[("PATH", "/usr/bin"), ("HOME", "/work")]),
+        &pairs(&[("SHARED", "manifest")]),
+    );
+    assert_eq!(
+        env,
+        pairs(&[
+            ("PATH", "/bin"),
+            ("HOME", "/work"),
+            ("FROM_IMAGE", "oci"),
+            ("SHARED", "manifest"),
+        ])
+    );
 
     // `kiln image ls --json` shows the source and the config.
     drop(store);
@@ -222,7 +232,10 @@ fn a_job_runs_in_an_oci_image_with_its_env_and_a_non_root_user_is_refused() {
         },
         job.join("job.sh"),
     );
-    spec.env = config.job_env(&[("SHARED".into(), "manifest".into())]);
+    spec.env = config.job_env(
+        &[("PATH".into(), "/usr/bin".into())],
+        &[("SHARED".into(), "manifest".into())],
+    );
     let prepared = SandboxRun::prepare(&spec, &job.join("run")).unwrap();
     let output = prepared.command(Path::new(KILN)).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

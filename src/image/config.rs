@@ -40,11 +40,17 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    /// The job's environment: the image's `Env` is the base, the manifest's
-    /// `env` wins (a variable keeps the position it first had).
-    pub fn job_env(&self, manifest_env: &[(String, String)]) -> Vec<(String, String)> {
-        let mut env = self.env.clone();
-        for (name, value) in manifest_env {
+    /// The job's environment, each layer over the one before: kiln's fixed
+    /// `defaults` (`PATH`, `HOME`, `LANG`, ...), then the image's `Env`,
+    /// then the manifest's `env`, which wins. A variable keeps the position
+    /// it first had.
+    pub fn job_env(
+        &self,
+        defaults: &[(String, String)],
+        manifest_env: &[(String, String)],
+    ) -> Vec<(String, String)> {
+        let mut env = defaults.to_vec();
+        for (name, value) in self.env.iter().chain(manifest_env) {
             set_var(&mut env, name, value);
         }
         env
@@ -267,8 +273,16 @@ mod tests {
             env: parse_env(&["PATH=/usr/bin".into(), "LANG=C".into(), "A=1".into()]).unwrap(),
             ..ImageConfig::default()
         };
-        let env = config.job_env(&[("LANG".into(), "C.UTF-8".into()), ("B".into(), "2".into())]);
+        let defaults = [
+            ("HOME".to_string(), "/work".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let env = config.job_env(
+            &defaults,
+            &[("LANG".into(), "C.UTF-8".into()), ("B".into(), "2".into())],
+        );
         let expected: Vec<(String, String)> = [
+            ("HOME", "/work"),
             ("PATH", "/usr/bin"),
             ("LANG", "C.UTF-8"),
             ("A", "1"),
