@@ -9,7 +9,7 @@ use std::process::Command;
 
 use kiln::image::{self, ImportOptions, image_config, materialise, resolve};
 use kiln::sandbox::{SandboxOutcome, SandboxRun, SandboxSpec, WorkspaceSpec};
-use kiln_store::{FsckOptions, RestoreOptions, RootKind, Store};
+use kiln_store::{FsckOptions, RestoreOptions, RootKind, RootSelector, Store};
 use sha2::{Digest, Sha256};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
@@ -176,6 +176,31 @@ fn an_umoci_image_is_flattened_with_whiteouts_and_keeps_its_config() {
             ("SHARED", "manifest"),
         ])
     );
+
+    // The config travels with the tree: a bundle of `image/umoci/t` alone
+    // gives another store the same config.
+    let mut bundle = Vec::new();
+    store
+        .export(
+            &[RootSelector::Named {
+                kind: RootKind::Image,
+                name: "umoci/t".into(),
+            }],
+            &mut bundle,
+        )
+        .unwrap();
+    let mut other = Store::open(dir.path().join("other-store")).unwrap();
+    other.import(&mut bundle.as_slice()).unwrap();
+    let there = resolve(&mut other, "umoci/t").unwrap();
+    assert_eq!(there.digest(), image.digest());
+    assert_eq!(image_config(&other, &there).unwrap(), Some(config.clone()));
+    let report = store
+        .fsck(&FsckOptions {
+            repair: false,
+            progress: None,
+        })
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
 
     // `kiln image ls --json` shows the source and the config.
     drop(store);
