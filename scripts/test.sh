@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, as "command:package".
 required=(git:git zstd:zstd unshare:util-linux mkfifo:coreutils mknod:coreutils setfattr:attr
-          busybox:busybox-static cc:gcc hostname:hostname
+          busybox:busybox-static cc:gcc hostname:hostname umoci:umoci
           qemu-system-x86_64:qemu-system-x86 mke2fs:e2fsprogs xz:xz-utils)
 missing=()
 for pair in "${required[@]}"; do

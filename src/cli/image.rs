@@ -6,13 +6,14 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::image::{self, ImportOptions, SourceKind};
+use crate::image::{self, ImportOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_store::{Progress, Store};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
-    /// Import a directory or a rootfs tarball (.tar, .tar.gz, .tar.zst) as the image NAME
+    /// Import a directory, a rootfs tarball (.tar, .tar.gz, .tar.zst) or an OCI image archive
+    /// (an OCI layout tar or a `docker save` tarball) as the image NAME
     Import {
         /// The image name, as manifests use it (`debian/stable`, `golang:1.22`)
         name: String,
@@ -24,7 +25,8 @@ pub enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List imported images: name, digest, size, imported, last used
+    /// List imported images: name, digest, size, source, imported, last used (--json adds an
+    /// OCI image's env, working dir and user)
     Ls {
         #[arg(long)]
         json: bool,
@@ -61,10 +63,7 @@ pub fn run(store_dir: &Path, command: ImageCommand) -> anyhow::Result<ExitCode> 
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                let from = match report.source {
-                    SourceKind::Directory => "directory".to_owned(),
-                    SourceKind::Archive(format) => format.to_string(),
-                };
+                let from = report.source.to_string();
                 println!("{}", report.digest);
                 let plural = if report.files == 1 { "" } else { "s" };
                 eprintln!(
@@ -87,17 +86,21 @@ pub fn run(store_dir: &Path, command: ImageCommand) -> anyhow::Result<ExitCode> 
             }
             let mut out = std::io::stdout().lock();
             let mut lines = vec![format!(
-                "{:<30} {:<24} {:>10}  {:<20}  {:<20}",
-                "NAME", "DIGEST", "SIZE", "IMPORTED", "LAST USED"
+                "{:<30} {:<24} {:>10}  {:<18}  {:<20}  {:<20}",
+                "NAME", "DIGEST", "SIZE", "SOURCE", "IMPORTED", "LAST USED"
             )];
             for info in &images {
                 let short = format!("blake3:{}…", &info.digest.to_hex()[..16]);
                 let broken = if info.broken { "  (broken)" } else { "" };
+                let source = info
+                    .source
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string());
                 lines.push(format!(
-                    "{:<30} {:<24} {:>10}  {:<20}  {:<20}{broken}",
+                    "{:<30} {:<24} {:>10}  {:<18}  {:<20}  {:<20}{broken}",
                     info.name,
                     short,
                     human_bytes(info.size),
+                    source,
                     time(info.imported),
                     time(info.last_used)
                 ));

@@ -2,7 +2,9 @@
 
 use kiln_store::{B3Digest, ObjectKind, RootKind, Store};
 
+use super::config::{ImageConfig, stored_config};
 use super::error::ImageError;
+use super::import::{SOURCE_ROOT_PREFIX, SourceKind};
 use super::name::validate_name;
 
 /// One imported image, as `kiln image ls` shows it.
@@ -17,6 +19,13 @@ pub struct ImageInfo {
     pub last_used: i64,
     /// Its data is gone (`kiln store fsck --repair` found it damaged).
     pub broken: bool,
+    /// How it was imported: `directory`, `{"archive": "tar_gzip"}`,
+    /// `{"oci": {"compression": "tar", "format": "oci_layout"}}`; `None` if
+    /// not recorded (an image
+    /// that came in a bundle).
+    pub source: Option<SourceKind>,
+    /// An OCI image's config (env, working dir, user).
+    pub config: Option<ImageConfig>,
 }
 
 /// Every imported image, sorted by name.
@@ -31,7 +40,26 @@ pub fn list(store: &Store) -> Result<Vec<ImageInfo>, ImageError> {
         } else {
             store.object_size(root.object).unwrap_or(0)
         };
+        let source = store
+            .get_root(
+                RootKind::Object,
+                &format!("{SOURCE_ROOT_PREFIX}{}", root.name),
+            )?
+            .filter(|r| !r.broken)
+            .and_then(|r| store.blob_bytes(&r.object.digest).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let config = if root.broken {
+            None
+        } else {
+            // A damaged config shows as none here; using the image says why.
+            stored_config(store, &root.name, &root.object.digest)
+                .ok()
+                .flatten()
+                .map(|stored| stored.config)
+        };
         images.push(ImageInfo {
+            source,
+            config,
             name: root.name,
             digest: root.object.digest,
             size,
@@ -57,5 +85,6 @@ pub fn remove(store: &mut Store, name: &str) -> Result<B3Digest, ImageError> {
     if !store.remove_root(RootKind::Image, name)? {
         return Err(not_found());
     }
+    store.remove_root(RootKind::Object, &format!("{SOURCE_ROOT_PREFIX}{name}"))?;
     Ok(root.object.digest)
 }

@@ -45,6 +45,38 @@ pub enum ImageError {
     #[error("{}: not a valid archive: {reason}; nothing was imported", archive.display())]
     Archive { archive: PathBuf, reason: String },
 
+    #[error("{}: not a valid OCI image: {reason}; nothing was imported", archive.display())]
+    Oci { archive: PathBuf, reason: String },
+
+    #[error(
+        "{}: blob {blob} {reason}: the archive is damaged or was tampered with; nothing was imported",
+        archive.display()
+    )]
+    BlobMismatch {
+        archive: PathBuf,
+        blob: String,
+        reason: String,
+    },
+
+    #[error("image {image:?} has an unreadable configuration ({reason}): import it again")]
+    BadConfig { image: String, reason: String },
+
+    #[error(
+        "image {image:?} asks to run as user {user:?} (uid {uid}), but kiln's sandbox runs every \
+         job as root (uid 0) in its own user namespace and cannot switch users yet: use an image \
+         without a non-root `User` in its config (kiln refuses rather than silently run it as root)"
+    )]
+    UserNotSupported {
+        image: String,
+        user: String,
+        uid: u32,
+    },
+
+    #[error(
+        "image {image:?} asks to run as user {user:?}, which is not in the image's /etc/passwd"
+    )]
+    UnknownUser { image: String, user: String },
+
     #[error("{}: entry {entry:?} {reason}; nothing was imported", archive.display())]
     UnsafeEntry {
         archive: PathBuf,

@@ -1,6 +1,6 @@
-//! `kiln image import NAME SRC`: a directory or a rootfs tarball (plain,
-//! gzip, zstd; recognised by its first bytes) stored as one tree under the
-//! root `image/NAME`.
+//! `kiln image import NAME SRC`: a directory, a rootfs tarball or an OCI
+//! image archive (plain, gzip, zstd; all recognised by content, never by
+//! name) stored as one tree under the root `image/NAME`.
 //!
 //! A tarball is unpacked (see [`super::unpack`]) into a private scratch
 //! directory first and added from there: the store's parallel directory
@@ -20,20 +20,49 @@ use kiln_store::{
     TreeEntry,
 };
 
+use super::config::{ImageConfig, write_config};
 use super::error::{ImageError, IoContext};
 use super::name::validate_name;
+use super::oci::{OciFormat, is_layout_dir, looks_like_image, unpack_image};
 use super::unpack::Unpacker;
 
+/// The object root (`object/image-source/NAME`) recording how an image was
+/// imported, for `kiln image ls`.
+pub(crate) const SOURCE_ROOT_PREFIX: &str = "image-source/";
+
 /// How an image source is packed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     Directory,
     Archive(ArchiveFormat),
+    /// An OCI image archive: the outer archive's compression (`None`: an
+    /// OCI layout directory) and which kind of image archive it is.
+    Oci {
+        compression: Option<ArchiveFormat>,
+        format: OciFormat,
+    },
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceKind::Directory => f.write_str("directory"),
+            SourceKind::Archive(format) => write!(f, "{format}"),
+            SourceKind::Oci {
+                format: OciFormat::OciLayout,
+                ..
+            } => f.write_str("OCI"),
+            SourceKind::Oci {
+                format: OciFormat::DockerSave,
+                ..
+            } => f.write_str("OCI (docker save)"),
+        }
+    }
 }
 
 /// A rootfs tarball's compression, recognised by magic bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArchiveFormat {
     Tar,
@@ -83,6 +112,9 @@ pub struct ImportReport {
     pub skipped: Vec<Skipped>,
     /// What `image/NAME` named before, if it was replaced by something else.
     pub replaced: Option<B3Digest>,
+    /// An OCI image's config (stored in the image at
+    /// [`IMAGE_CONFIG_PATH`](super::IMAGE_CONFIG_PATH)).
+    pub config: Option<ImageConfig>,
 }
 
 /// Imports `source` as the image `name` (replacing an image of that name).
@@ -97,17 +129,37 @@ pub fn import(
     let source = &fs::canonicalize(source).at(source)?;
     let meta = fs::metadata(source).at(source)?;
     let roots = store.temp_roots()?;
-    let (kind, imported) = if meta.is_dir() {
+    let (kind, imported) = if meta.is_dir() && is_layout_dir(source) {
+        let (format, imported) = add_oci(store, name, source, None, options, &roots)?;
+        (
+            SourceKind::Oci {
+                compression: None,
+                format,
+            },
+            imported,
+        )
+    } else if meta.is_dir() {
         (
             SourceKind::Directory,
             add_directory(store, source, options, &roots)?,
         )
     } else if meta.is_file() {
         let format = detect(source)?;
-        (
-            SourceKind::Archive(format),
-            add_archive(store, source, format, options, &roots)?,
-        )
+        if looks_like_image(open_archive(source, format, None)?) {
+            let (oci, imported) = add_oci(store, name, source, Some(format), options, &roots)?;
+            (
+                SourceKind::Oci {
+                    compression: Some(format),
+                    format: oci,
+                },
+                imported,
+            )
+        } else {
+            (
+                SourceKind::Archive(format),
+                add_archive(store, source, format, options, &roots)?,
+            )
+        }
     } else {
         return Err(ImageError::UnsupportedSource {
             path: source.to_path_buf(),
@@ -116,6 +168,7 @@ pub fn import(
     };
     let previous = store.get_root(RootKind::Image, name)?;
     store.set_root(RootKind::Image, name, ObjectRef::tree(imported.digest))?;
+    record_source(store, name, kind, &roots)?;
     Ok(ImportReport {
         name: name.to_owned(),
         digest: imported.digest,
@@ -126,7 +179,26 @@ pub fn import(
         replaced: previous
             .map(|root| root.object.digest)
             .filter(|old| *old != imported.digest),
+        config: imported.config,
     })
+}
+
+/// Records how `name` was imported, for `kiln image ls` (display only: the
+/// image itself, config included, is the tree).
+fn record_source(
+    store: &mut Store,
+    name: &str,
+    kind: SourceKind,
+    roots: &TempRoots,
+) -> Result<(), ImageError> {
+    let json = serde_json::to_vec(&kind).map_err(|e| ImageError::io(name, e.into()))?;
+    let blob = store.add_bytes(&json, roots)?;
+    store.set_root(
+        RootKind::Object,
+        &format!("{SOURCE_ROOT_PREFIX}{name}"),
+        blob.object,
+    )?;
+    Ok(())
 }
 
 struct Imported {
@@ -134,6 +206,96 @@ struct Imported {
     size: u64,
     files: u64,
     skipped: Vec<Skipped>,
+    config: Option<ImageConfig>,
+}
+
+/// The decompressed tar stream of `archive`.
+fn open_archive<'a>(
+    archive: &Path,
+    format: ArchiveFormat,
+    progress: Option<&'a dyn Progress>,
+) -> Result<Box<dyn Read + 'a>, ImageError> {
+    let file = File::open(archive).at(archive)?;
+    if let Some(progress) = progress {
+        progress.start(1, file.metadata().map(|m| m.len()).unwrap_or(0));
+    }
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        Counted {
+            inner: file,
+            progress,
+        },
+    );
+    Ok(match format {
+        ArchiveFormat::Tar => Box::new(reader),
+        ArchiveFormat::TarGzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        ArchiveFormat::TarZstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(reader).map_err(|e| ImageError::Archive {
+                archive: archive.to_path_buf(),
+                reason: e.to_string(),
+            })?,
+        ),
+    })
+}
+
+fn scratch_dir(options: &ImportOptions<'_>) -> Result<tempfile::TempDir, ImageError> {
+    let parent = options
+        .scratch_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::Builder::new()
+        .prefix("kiln-image-import-")
+        .tempdir_in(&parent)
+        .at(&parent)
+}
+
+/// Flattens an OCI image archive's layers into one tree, with its config
+/// inside (see [`super::config`]).
+fn add_oci(
+    store: &mut Store,
+    name: &str,
+    archive: &Path,
+    format: Option<ArchiveFormat>,
+    options: &ImportOptions<'_>,
+    roots: &TempRoots,
+) -> Result<(OciFormat, Imported), ImageError> {
+    let scratch = scratch_dir(options)?;
+    let rootfs_dir = scratch.path().join("rootfs");
+    fs::create_dir(&rootfs_dir).at(&rootfs_dir)?;
+    let mut rootfs = Unpacker::new(&rootfs_dir);
+    let outer = match format {
+        Some(format) => Some(open_archive(archive, format, options.progress)?),
+        None => None,
+    };
+    let (oci, stored) = unpack_image(archive, outer, name, scratch.path(), &mut rootfs)?;
+    let mut skipped = rootfs.skipped;
+    if write_config(&rootfs_dir, &stored)? {
+        skipped.push(Skipped {
+            path: "/.kiln".into(),
+            kind: "directory reserved by kiln".into(),
+        });
+    }
+    // The unpacked archive itself is not part of the image (and the
+    // scratch directory goes on drop anyway): free its space before adding.
+    let layout = scratch.path().join("layout");
+    if format.is_some() {
+        fs::remove_dir_all(&layout).at(&layout)?;
+    }
+    let add_options = AddOptions {
+        layer: false,
+        progress: options.progress,
+    };
+    let report = store.add_path(&rootfs_dir, &add_options, roots)?;
+    Ok((
+        oci,
+        Imported {
+            digest: report.object.digest,
+            size: report.size,
+            files: report.files,
+            skipped,
+            config: Some(stored.config),
+        },
+    ))
 }
 
 /// Recognises a tarball by its first bytes.
@@ -187,38 +349,9 @@ fn add_archive(
     options: &ImportOptions<'_>,
     roots: &TempRoots,
 ) -> Result<Imported, ImageError> {
-    let scratch_parent = options
-        .scratch_dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::Builder::new()
-        .prefix("kiln-image-import-")
-        .tempdir_in(&scratch_parent)
-        .at(&scratch_parent)?;
-    let file = File::open(archive).at(archive)?;
-    if let Some(progress) = options.progress {
-        progress.start(1, file.metadata().map(|m| m.len()).unwrap_or(0));
-    }
-    let counted = Counted {
-        inner: file,
-        progress: options.progress,
-    };
-    let reader = BufReader::with_capacity(1 << 20, counted);
+    let scratch = scratch_dir(options)?;
     let mut unpacker = Unpacker::new(scratch.path());
-    let damaged = |e: io::Error| ImageError::Archive {
-        archive: archive.to_path_buf(),
-        reason: e.to_string(),
-    };
-    match format {
-        ArchiveFormat::Tar => unpacker.apply(archive, reader)?,
-        ArchiveFormat::TarGzip => {
-            unpacker.apply(archive, flate2::read::MultiGzDecoder::new(reader))?
-        }
-        ArchiveFormat::TarZstd => {
-            let decoder = zstd::stream::read::Decoder::with_buffer(reader).map_err(damaged)?;
-            unpacker.apply(archive, decoder)?
-        }
-    }
+    unpacker.apply(archive, open_archive(archive, format, options.progress)?)?;
     let add_options = AddOptions {
         layer: false,
         progress: options.progress,
@@ -229,6 +362,7 @@ fn add_archive(
         size: report.size,
         files: report.files,
         skipped: unpacker.skipped,
+        config: None,
     })
 }
 
@@ -287,6 +421,7 @@ fn add_directory(
             size: report.size,
             files: report.files,
             skipped,
+            config: None,
         });
     }
     let mut files = 0;
@@ -296,6 +431,7 @@ fn add_directory(
         size,
         files,
         skipped,
+        config: None,
     })
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use kiln_store::{RestoreOptions, Store};
 
 use super::ImageRef;
+use super::config::image_config;
 use super::error::{ImageError, IoContext};
 use super::host::host_excludes;
 use crate::sandbox::RootFs;
@@ -22,6 +23,11 @@ const PARTIAL_PREFIX: &str = ".partial-";
 /// a private temporary directory, flushed, then renamed into place, so a
 /// concurrent caller or a crash never sees a half-restored image. The cached
 /// directory is a read-only lower layer: nothing may write into it.
+///
+/// An image whose config asks for a non-root user is refused
+/// ([`ImageConfig::check_runnable`](super::ImageConfig::check_runnable)):
+/// the sandbox cannot switch users yet, and running it as root instead would
+/// be silently wrong.
 pub fn materialise(
     store: &Store,
     image: &ImageRef,
@@ -32,6 +38,9 @@ pub fn materialise(
             exclude: host_excludes(store.dir()),
         }),
         ImageRef::Tree { digest, .. } => {
+            if let Some(config) = image_config(store, image)? {
+                config.check_runnable(image.name())?;
+            }
             let target = cache_dir.join(digest.to_hex());
             if !is_dir(&target)? {
                 fs::create_dir_all(cache_dir).at(cache_dir)?;

@@ -9,11 +9,13 @@
 //! sandbox's [`RootFs`](crate::sandbox::RootFs). See docs/images.md.
 
 mod catalog;
+mod config;
 mod error;
 mod host;
 mod import;
 mod materialise;
 mod name;
+mod oci;
 mod unpack;
 
 use std::fmt;
@@ -21,6 +23,7 @@ use std::fmt;
 use kiln_store::{B3Digest, DIGEST_PREFIX, ObjectKind, RootKind, Store, StoreError};
 
 pub use catalog::{ImageInfo, list, remove};
+pub use config::{IMAGE_CONFIG_PATH, ImageConfig, OciOrigin, image_config};
 pub use error::ImageError;
 pub use host::{
     HOST_EXCLUDED, HOST_FINGERPRINT_VERSION, fingerprint_root, host_excludes, host_fingerprint,
@@ -28,6 +31,7 @@ pub use host::{
 pub use import::{ArchiveFormat, ImportOptions, ImportReport, Skipped, SourceKind, import};
 pub use materialise::materialise;
 pub use name::validate_name;
+pub use oci::OciFormat;
 
 /// The name of the built-in host image.
 pub const HOST_IMAGE: &str = "host";

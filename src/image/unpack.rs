@@ -6,11 +6,13 @@
 //! (`..`), is absolute, or passes through a symlink or a file it created is
 //! refused before anything is written for it. Symlinks are created as they
 //! are and never followed. Device nodes, fifos and unknown entry kinds are
-//! skipped and reported. One [`Unpacker`] can apply several archives in order
-//! (the layers of an OCI image, later).
+//! skipped and reported. One [`Unpacker`] applies several archives in order
+//! (the layers of an OCI image, [`Unpacker::apply_layer`]): what an earlier
+//! layer created is known to the checks of every later one, so a symlink
+//! made by layer 1 never lets layer 2 write through it.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
@@ -38,7 +40,15 @@ pub(crate) struct Unpacker {
     created: HashMap<PathBuf, Kind>,
     pub(crate) skipped: Vec<Skipped>,
     pub(crate) entries: u64,
+    /// While a layer is applied: every path its entries wrote (with their
+    /// ancestors). Whiteouts hide only what lower layers made (OCI image
+    /// spec, layer.md), never what the same layer wrote.
+    layer: Option<HashSet<PathBuf>>,
 }
+
+/// The OCI whiteout prefix and the opaque-directory marker.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 impl Unpacker {
     pub(crate) fn new(target: &Path) -> Self {
@@ -49,7 +59,22 @@ impl Unpacker {
             created,
             skipped: Vec::new(),
             entries: 0,
+            layer: None,
         }
+    }
+
+    /// Applies an OCI image layer on top of what is there: like
+    /// [`Unpacker::apply`], but `.wh.NAME` deletes NAME and
+    /// `.wh..wh..opq` empties its directory of what lower layers put there.
+    pub(crate) fn apply_layer(
+        &mut self,
+        archive: &Path,
+        reader: impl Read,
+    ) -> Result<(), ImageError> {
+        self.layer = Some(HashSet::new());
+        let result = self.apply(archive, reader);
+        self.layer = None;
+        result
     }
 
     /// Unpacks every entry of `reader`; `archive` names it in errors.
@@ -90,6 +115,14 @@ impl Unpacker {
                 }
                 return Err(unsafe_entry("replaces the image's root directory".into()));
             }
+            if self.layer.is_some()
+                && let Some(name) = relative.file_name()
+                && name.as_bytes().starts_with(WHITEOUT_PREFIX)
+            {
+                self.whiteout(&relative, name.as_bytes(), &unsafe_entry)?;
+                continue;
+            }
+            self.touch(&relative);
             let skip = |what: &str| Skipped {
                 path: shown.clone(),
                 kind: what.to_owned(),
@@ -165,6 +198,83 @@ impl Unpacker {
         }
         // Reading to the end checks the compressed stream's own checksum.
         io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(bad_archive)?;
+        Ok(())
+    }
+
+    /// Records that the current layer wrote `relative` (and so its parents).
+    fn touch(&mut self, relative: &Path) {
+        if let Some(touched) = &mut self.layer {
+            for ancestor in relative.ancestors() {
+                if !touched.insert(ancestor.to_path_buf()) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Applies the whiteout entry `relative` (whose file name is `name`).
+    fn whiteout(
+        &mut self,
+        relative: &Path,
+        name: &[u8],
+        unsafe_entry: &dyn Fn(String) -> ImageError,
+    ) -> Result<(), ImageError> {
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        let hidden = &name[WHITEOUT_PREFIX.len()..];
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(unsafe_entry(
+                "is a whiteout that names no file (or `.`/`..`)".into(),
+            ));
+        }
+        // Never look through a symlink or a file, and never create anything:
+        // a whiteout in a directory that does not exist hides nothing.
+        let mut prefix = PathBuf::new();
+        for component in parent.components() {
+            prefix.push(component);
+            match self.created.get(&prefix) {
+                Some(Kind::Dir) => {}
+                Some(Kind::Symlink) => {
+                    return Err(ParentError::Through("symlink", prefix).into_error(unsafe_entry));
+                }
+                Some(Kind::File) => {
+                    return Err(ParentError::Through("file", prefix).into_error(unsafe_entry));
+                }
+                None => return Ok(()),
+            }
+        }
+        if name == OPAQUE_MARKER {
+            return self.hide_lower(parent, false);
+        }
+        // Other `.wh..wh.` names are aufs bookkeeping, not whiteouts.
+        if hidden.starts_with(WHITEOUT_PREFIX) {
+            return Ok(());
+        }
+        self.hide_lower(&parent.join(OsStr::from_bytes(hidden)), true)
+    }
+
+    /// Removes what lower layers made below `path` (and `path` itself when
+    /// `itself`), keeping what the current layer wrote.
+    fn hide_lower(&mut self, path: &Path, itself: bool) -> Result<(), ImageError> {
+        let touched = self.layer.as_ref();
+        let mut doomed: Vec<PathBuf> = self
+            .created
+            .keys()
+            .filter(|known| {
+                (if *known == path {
+                    itself
+                } else {
+                    known.starts_with(path)
+                }) && !touched.is_some_and(|t| t.contains(*known))
+            })
+            .cloned()
+            .collect();
+        // Parents first: removing one removes what is below it.
+        doomed.sort_by_key(|p| p.components().count());
+        for known in doomed {
+            if self.created.contains_key(&known) {
+                self.clear(&known)?;
+            }
+        }
         Ok(())
     }
 
@@ -481,6 +591,83 @@ mod tests {
             assert!(err.contains(needle), "{needle:?} not in {err}");
             assert!(err.contains("nothing was imported"), "{err}");
         }
+    }
+
+    fn names_below(root: &Path) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let relative = path.strip_prefix(root).unwrap().display().to_string();
+                if fs::symlink_metadata(&path).unwrap().is_dir() {
+                    stack.push(path);
+                    names.push(format!("{relative}/"));
+                } else {
+                    names.push(relative);
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn whiteouts_hide_lower_layers_only() {
+        use Item::*;
+        let dir = tempfile::tempdir().unwrap();
+        let mut unpacker = Unpacker::new(dir.path());
+        let layers = [
+            archive(&[
+                File("a/gone", "1", 0o644),
+                File("a/kept", "1", 0o644),
+                File("opq/old", "1", 0o644),
+                File("opq/sub/old", "1", 0o644),
+                File("dir/x", "1", 0o644),
+                Symlink("link", "/etc"),
+            ]),
+            archive(&[
+                File("a/.wh.gone", "", 0o644),
+                // Written before the opaque marker of the same layer: kept.
+                File("opq/sub/new", "2", 0o644),
+                File("opq/.wh..wh..opq", "", 0o644),
+                File("opq/new", "2", 0o644),
+                // The same layer's file survives its own later whiteout.
+                File("same", "2", 0o644),
+                File(".wh.same", "", 0o644),
+                // A whiteout of a directory takes it whole; of a symlink,
+                // the link and not what it points at.
+                File(".wh.dir", "", 0o644),
+                File(".wh.link", "", 0o644),
+                // Nothing there to hide, nothing created for it.
+                File("nowhere/.wh.x", "", 0o644),
+                // aufs bookkeeping is ignored.
+                File(".wh..wh.plnk", "", 0o644),
+            ]),
+        ];
+        for layer in &layers {
+            unpacker
+                .apply_layer(Path::new("layer.tar"), layer.as_slice())
+                .unwrap();
+        }
+        assert_eq!(
+            names_below(dir.path()),
+            [
+                "a/",
+                "a/kept",
+                "opq/",
+                "opq/new",
+                "opq/sub/",
+                "opq/sub/new",
+                "same"
+            ]
+        );
+        // The same names in a plain rootfs tarball are just files.
+        let plain = tempfile::tempdir().unwrap();
+        Unpacker::new(plain.path())
+            .apply(Path::new("rootfs.tar"), layers[1].as_slice())
+            .unwrap();
+        assert!(plain.path().join("a/.wh.gone").is_file());
     }
 
     #[test]
