@@ -648,3 +648,61 @@ fn a_multi_platform_index_gives_the_linux_amd64_image() {
     assert!(err.contains("bytes but its descriptor says"), "{err}");
     assert_nothing_imported(&mut store, "wrong");
 }
+
+/// Through `kiln run`: the container driver gives a job the image's `Env`
+/// between kiln's fixed values and the manifest's env, which wins.
+#[test]
+fn kiln_run_gives_jobs_the_image_env_under_the_manifest_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = umoci_layout(dir.path(), "root");
+    let archive = dir.path().join("image.tar");
+    tar_dir(&layout, &archive);
+    let store = dir.path().join("store");
+    let kiln = |args: &[&str]| {
+        let output = Command::new(KILN)
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kiln {args:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    };
+    kiln(&["image", "import", "oci-run", archive.to_str().unwrap()]);
+    let project = dir.path().join("project");
+    fs::create_dir_all(&project).unwrap();
+    fs::write(
+        project.join("build.kiln"),
+        r#"{
+  driver = { type = "container"; image = "oci-run"; };
+  env = { SHARED = "manifest"; };
+  stages = [ "show" ];
+  jobs.env = {
+    stage = "show";
+    commands = [ "echo \"$FROM_IMAGE $SHARED $PATH $LANG\" > env.txt" ];
+    artifacts = [ "env.txt" ];
+  };
+}
+"#,
+    )
+    .unwrap();
+    kiln(&["run", project.join("build.kiln").to_str().unwrap()]);
+    let out = dir.path().join("env.txt");
+    kiln(&[
+        "artifacts",
+        "get",
+        "last",
+        "env.txt",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read_to_string(&out).unwrap(),
+        "oci manifest /bin C.UTF-8\n"
+    );
+}

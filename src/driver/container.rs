@@ -24,6 +24,8 @@ pub struct ContainerDriver {
     spec: ContainerSpec,
     root: RootFs,
     image_digest: B3Digest,
+    /// The image's own configuration (OCI `Env`), if it has one.
+    image_config: Option<image::ImageConfig>,
     helper: PathBuf,
 }
 
@@ -41,6 +43,8 @@ impl ContainerDriver {
             image::resolve(&mut store, &spec.image).map_err(|e| image_error(e.to_string()))?;
         let mut root = image::materialise(&store, &image, &context.store_dir.join(IMAGE_CACHE))
             .map_err(|e| image_error(e.to_string()))?;
+        let image_config =
+            image::image_config(&store, &image).map_err(|e| image_error(e.to_string()))?;
         if let RootFs::Host { exclude } = &mut root {
             exclude.extend(context.hidden.iter().cloned());
         }
@@ -48,6 +52,7 @@ impl ContainerDriver {
             spec: spec.clone(),
             root,
             image_digest: image.digest(),
+            image_config,
             helper: context.helper.clone(),
         })
     }
@@ -98,7 +103,15 @@ impl ContainerDriver {
             },
             script,
         );
-        spec.env = job.env.clone();
+        // The image's env (digested into the image, so into the key) sits
+        // between kiln's fixed values and the manifest's, which wins.
+        spec.env = match &self.image_config {
+            Some(config) => config.job_env(
+                &super::hermetic_env(&Default::default(), super::HOME),
+                &job.manifest_env,
+            ),
+            None => job.env.clone(),
+        };
         spec.network = job.network;
         spec.binds = job
             .caches

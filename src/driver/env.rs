@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+/// `HOME` inside every job: jobs run as root of their environment.
+pub const HOME: &str = "/root";
+
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The job's environment, sorted by name. The manifest's values win over

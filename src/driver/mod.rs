@@ -24,7 +24,7 @@ use kiln_store::B3Digest;
 use tokio::sync::watch;
 
 pub use container::ContainerDriver;
-pub use env::{DEFAULT_PATH, hermetic_env};
+pub use env::{DEFAULT_PATH, HOME, hermetic_env};
 pub use host::HostDriver;
 pub use output::LineSink;
 
@@ -65,7 +65,11 @@ pub enum JobEnd {
 pub struct JobRun {
     pub name: String,
     pub script: String,
+    /// kiln's fixed values with the manifest's env merged over them.
     pub env: Vec<(String, String)>,
+    /// The manifest's env alone (merged build + job env), so a driver whose
+    /// image brings its own env can put it between the two.
+    pub manifest_env: Vec<(String, String)>,
     /// Private to this job: script, log, sandbox files, upper/work dirs.
     pub dir: PathBuf,
     pub workspace: Workspace,

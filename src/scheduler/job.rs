@@ -154,6 +154,12 @@ pub(crate) async fn run_job(
                 name: name.clone(),
                 script: node.job.script(),
                 env: inputs.env.clone(),
+                manifest_env: node
+                    .job
+                    .env
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect(),
                 dir: job_dir.clone(),
                 workspace: workspace.clone(),
                 timeout: node.job.timeout,

@@ -177,5 +177,5 @@ impl StoreCtx {
 }
 
 pub fn job_env(env: &std::collections::BTreeMap<String, String>) -> Vec<(String, String)> {
-    hermetic_env(env, "/root")
+    hermetic_env(env, crate::driver::HOME)
 }
