@@ -1,7 +1,7 @@
 //! `kiln run` with the qemu driver, end to end: real QEMU microVMs (TCG where
 //! KVM guests hang), the `examples/vm` manifest and its busybox image. VM
 //! boots are expensive on a small machine, so everything is one test, in
-//! one store, with four boots in all.
+//! one store, with five boots in all.
 
 #[path = "run_support/mod.rs"]
 mod support;
@@ -57,6 +57,39 @@ fn job_end_message(run: &Run, job: &str) -> String {
         .and_then(|e| e["message"].as_str())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Runs `manifest`, sends kiln SIGTERM once a line of its JSON events
+/// contains `marker`, and collects the whole run.
+fn run_and_kill_when(project: &Project, manifest: &str, marker: &str) -> Run {
+    use std::io::{BufRead, BufReader};
+    let mut child = project
+        .kiln()
+        .args(["run", "--json", manifest])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = Vec::new();
+    let mut signalled = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if !signalled && line.contains(marker) {
+            let pid = i32::try_from(child.id()).unwrap();
+            // SAFETY: a plain signal to our own child process.
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+            signalled = true;
+        }
+        lines.push(line);
+    }
+    let status = child.wait().unwrap();
+    assert!(signalled, "never saw {marker}:\n{}", lines.join("\n"));
+    support::parse(std::process::Output {
+        status,
+        stdout: lines.join("\n").into_bytes(),
+        stderr: Vec::new(),
+    })
 }
 
 /// The example's files, and its busybox image built by its script and
@@ -175,7 +208,23 @@ fn vm_jobs_share_layers_cache_fail_time_out_and_match_containers() {
     assert_eq!(faults.code, 5, "{}", faults.describe());
     assert_nothing_left(&project);
 
-    // 4. The "host" view is no VM image: a clear error before any boot.
+    // 4. A kill (SIGTERM to kiln, as Ctrl-C or `kiln kill` send) while the
+    // VM runs its job (boot 5): Killed, and the VM is gone.
+    project.write(
+        "kill.kiln",
+        r#"{
+  driver = { type = "qemu"; image = "busybox"; };
+  stages = [ "s" ];
+  jobs = { sleeps = { stage = "s"; commands = [ "echo sleeping" "sleep 600" ]; }; };
+}"#,
+    );
+    let killed = run_and_kill_when(&project, "kill.kiln", "\"line\":\"sleeping\"");
+    assert_eq!(killed.status("sleeps"), "killed", "{}", killed.describe());
+    assert_eq!(killed.build_status(), "killed");
+    assert_eq!(killed.code, 4, "{}", killed.describe());
+    assert_nothing_left(&project);
+
+    // 5. The "host" view is no VM image: a clear error before any boot.
     project.write(
         "host.kiln",
         r#"{ driver = { type = "qemu"; image = "host"; }; stages = [ "s" ]; jobs = { a = { stage = "s"; commands = [ "true" ]; }; }; }"#,
@@ -189,7 +238,7 @@ fn vm_jobs_share_layers_cache_fail_time_out_and_match_containers() {
         host.describe()
     );
 
-    // 5. The same manifest in containers on the same image: the same bytes.
+    // 6. The same manifest in containers on the same image: the same bytes.
     let example = std::fs::read_to_string(project.root().join("build.kiln")).unwrap();
     let in_containers = example.replace(
         "driver = vm;",
