@@ -1,7 +1,7 @@
 //! `kiln run` with the qemu driver, end to end: real QEMU microVMs (TCG where
 //! KVM guests hang), the `examples/vm` manifest and its busybox image. VM
 //! boots are expensive on a small machine, so everything is one test, in
-//! one store, with five boots in all.
+//! one store, with six boots in all.
 
 #[path = "run_support/mod.rs"]
 mod support;
@@ -57,6 +57,11 @@ fn job_end_message(run: &Run, job: &str) -> String {
         .and_then(|e| e["message"].as_str())
         .unwrap_or_default()
         .to_owned()
+}
+
+/// What the qemu driver's `kernel = "default"` boots.
+fn newest_boot_kernel() -> std::path::PathBuf {
+    kiln::vm::newest_boot_kernel(Path::new("/boot")).unwrap()
 }
 
 /// Runs `manifest`, sends kiln SIGTERM once a line of its JSON events
@@ -156,6 +161,50 @@ fn vm_jobs_share_layers_cache_fail_time_out_and_match_containers() {
     );
     assert_nothing_left(&project);
 
+    // The driver's part of the key: the image tree and the kernel file's
+    // own digest (the host's newest /boot/vmlinuz-*), never the accelerator.
+    let start = first
+        .of_type("job/start")
+        .into_iter()
+        .find(|e| e["job"] == "write")
+        .cloned()
+        .unwrap();
+    let driver = &start["key_inputs"]["driver"];
+    assert_eq!(driver["kind"], "qemu", "{start:#}");
+    assert_eq!(driver["memory"], 512, "{start:#}");
+    assert_eq!(driver["cpus"], 1, "{start:#}");
+    assert_eq!(driver["workspace"], "/work", "{start:#}");
+    let kernel = newest_boot_kernel();
+    let kernel_digest = blake3::hash(&std::fs::read(&kernel).unwrap()).to_hex();
+    assert_eq!(
+        driver["kernel"].as_str(),
+        Some(format!("blake3:{kernel_digest}").as_str()),
+        "{kernel:?}: {start:#}"
+    );
+    assert!(driver.get("accel").is_none(), "{start:#}");
+    let example = std::fs::read_to_string(project.root().join("build.kiln")).unwrap();
+    let under_tcg = example.replace(r#"accel = "auto";"#, r#"accel = "tcg";"#);
+    assert_ne!(under_tcg, example);
+    let plan_dir = project.dir.path().join("plan");
+    std::fs::create_dir(&plan_dir).unwrap();
+    std::fs::write(plan_dir.join("build.kiln"), &under_tcg).unwrap();
+    std::fs::copy(
+        project.root().join("greeting.txt"),
+        plan_dir.join("greeting.txt"),
+    )
+    .unwrap();
+    let plan = project
+        .kiln()
+        .current_dir(&plan_dir)
+        .args(["plan", "--json"])
+        .output()
+        .unwrap();
+    assert!(plan.status.success(), "{plan:?}");
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan[0]["job"], "write", "{plan:#}");
+    assert_eq!(plan[0]["status"], "cached", "{plan:#}");
+    assert_eq!(plan[0]["key"], start["key"], "{plan:#}");
+
     // 2. Again: every job Cached, no VM booted (no job started, no console).
     let started = Instant::now();
     let second = project.run(&["build.kiln"]);
@@ -238,8 +287,37 @@ fn vm_jobs_share_layers_cache_fail_time_out_and_match_containers() {
         host.describe()
     );
 
-    // 6. The same manifest in containers on the same image: the same bytes.
-    let example = std::fs::read_to_string(project.root().join("build.kiln")).unwrap();
+    // 6. A Djinn qemu driver names an imported image; its workspace is
+    // /root (boot 6).
+    project.write(
+        "djinn/.djinn.yml",
+        r#"driver:
+  type: qemu
+  image: busybox
+  arch: x86_64
+stages:
+- build
+jobs:
+- stage: build
+  commands:
+  - pwd > where.txt
+  artifacts:
+  - where.txt
+"#,
+    );
+    let djinn = project.run(&["djinn/.djinn.yml"]);
+    assert_eq!(djinn.code, 0, "{}", djinn.describe());
+    let djinn_artifacts = djinn.artifacts();
+    assert_eq!(djinn_artifacts.len(), 1, "{}", djinn.describe());
+    restore(
+        &project.store,
+        &djinn_artifacts[0].1,
+        &out.join("where.txt"),
+    );
+    assert_eq!(std::fs::read(out.join("where.txt")).unwrap(), b"/root\n");
+    assert_nothing_left(&project);
+
+    // 7. The same manifest in containers on the same image: the same bytes.
     let in_containers = example.replace(
         "driver = vm;",
         r#"driver = { type = "container"; image = "busybox"; };"#,
