@@ -38,7 +38,7 @@ pub fn restore(
         return Ok(Vec::new());
     }
     let (Driver::Container(_), Some(workspace)) = (driver, driver.workspace_path()) else {
-        return Err(RunError::Internal(
+        return Err(RunError::Unsupported(
             "build caches are supported in containers only for now".into(),
         ));
     };

@@ -48,6 +48,9 @@ pub enum RunError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A manifest feature the job's driver does not offer (yet).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 #[derive(Clone, Debug)]
