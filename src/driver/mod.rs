@@ -15,6 +15,7 @@ mod container;
 mod env;
 mod host;
 mod output;
+mod qemu;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,15 +28,22 @@ pub use container::ContainerDriver;
 pub use env::{DEFAULT_PATH, HOME, hermetic_env};
 pub use host::HostDriver;
 pub use output::LineSink;
+pub use qemu::{QemuDriver, VM_CACHE};
 
 use crate::graph::DriverKey;
 
+/// Creating a driver over this long ends the build as Timed Out (design
+/// §5); a VM job's boot (launch to its first command) has the same limit.
+pub const DRIVER_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    #[error("the {0} driver is not implemented yet")]
-    Unsupported(&'static str),
     #[error("image {image}: {reason}")]
     Image { image: String, reason: String },
+    #[error("{reason}")]
+    Invalid { reason: String },
+    #[error(transparent)]
+    Vm(#[from] crate::vm::VmError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -106,19 +114,23 @@ pub struct RunOutcome {
 #[derive(Clone, Debug)]
 pub enum Driver {
     Container(Box<ContainerDriver>),
+    Qemu(Box<QemuDriver>),
     Host(HostDriver),
 }
 
 impl Driver {
     /// Creates the driver a job spec names: for a container, resolves its
-    /// image (the `"host"` view is keyed by a host fingerprint).
+    /// image (the `"host"` view is keyed by a host fingerprint); for qemu,
+    /// its imported image and its kernel (no VM is booted here).
     pub fn create(spec: &DriverSpec, context: &CreateContext) -> Result<Driver, DriverError> {
         match spec {
             DriverSpec::Container(container) => Ok(Driver::Container(Box::new(
                 ContainerDriver::create(container, context)?,
             ))),
             DriverSpec::Host(_) => Ok(Driver::Host(HostDriver)),
-            DriverSpec::Qemu(_) => Err(DriverError::Unsupported("qemu")),
+            DriverSpec::Qemu(qemu) => {
+                Ok(Driver::Qemu(Box::new(QemuDriver::create(qemu, context)?)))
+            }
         }
     }
 
@@ -126,6 +138,7 @@ impl Driver {
     pub fn key(&self) -> DriverKey {
         match self {
             Driver::Container(container) => container.key(),
+            Driver::Qemu(qemu) => qemu.key(),
             Driver::Host(_) => DriverKey {
                 kind: "host".into(),
                 image: None,
@@ -146,6 +159,7 @@ impl Driver {
     pub fn image_digest(&self) -> Option<B3Digest> {
         match self {
             Driver::Container(container) => Some(container.image_digest()),
+            Driver::Qemu(qemu) => Some(qemu.image_digest()),
             Driver::Host(_) => None,
         }
     }
@@ -154,6 +168,7 @@ impl Driver {
     pub fn workspace_path(&self) -> Option<&str> {
         match self {
             Driver::Container(container) => Some(container.workspace()),
+            Driver::Qemu(qemu) => Some(qemu.workspace()),
             Driver::Host(_) => None,
         }
     }
@@ -161,11 +176,12 @@ impl Driver {
     pub async fn run(&self, job: JobRun, stop: watch::Receiver<Option<Stop>>) -> RunOutcome {
         match self {
             Driver::Container(container) => container.run(job, stop).await,
+            Driver::Qemu(qemu) => qemu.run(job, stop).await,
             Driver::Host(host) => host.run(job, stop).await,
         }
     }
 
-    /// Nothing outlives a job today (sandboxes die with their job), so
+    /// Nothing outlives a job today (sandboxes and VMs die with their job), so
     /// destroying a driver releases nothing; it is still called for every
     /// created driver, whatever ended the build.
     pub fn destroy(&self) {}

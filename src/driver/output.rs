@@ -33,9 +33,19 @@ pub(crate) struct Output {
 
 /// Creates the log file and the pipe; returns the job's stdout and stderr.
 pub(crate) fn start(log: &Path, sink: Option<LineSink>) -> std::io::Result<(Stdio, Stdio, Output)> {
+    let (writer, output) = start_writer(log, sink)?;
+    let stderr = writer.try_clone()?;
+    Ok((Stdio::from(writer), Stdio::from(stderr), output))
+}
+
+/// Like [`start`], for output kiln itself writes (the VM's console): the
+/// pipe's write end, to be dropped once everything is written.
+pub(crate) fn start_writer(
+    log: &Path,
+    sink: Option<LineSink>,
+) -> std::io::Result<(std::io::PipeWriter, Output)> {
     let mut file = File::create(log)?;
     let (reader, writer) = std::io::pipe()?;
-    let stderr = writer.try_clone()?;
     let (sender, done) = oneshot::channel();
     std::thread::Builder::new()
         .name("kiln-job-output".into())
@@ -58,7 +68,7 @@ pub(crate) fn start(log: &Path, sink: Option<LineSink>) -> std::io::Result<(Stdi
             }
             let _ = sender.send(());
         })?;
-    Ok((Stdio::from(writer), Stdio::from(stderr), Output { done }))
+    Ok((writer, Output { done }))
 }
 
 impl Output {

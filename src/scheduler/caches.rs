@@ -37,8 +37,8 @@ pub fn restore(
     if caches.is_empty() {
         return Ok(Vec::new());
     }
-    let Some(workspace) = driver.workspace_path() else {
-        return Err(RunError::Internal(
+    let (Driver::Container(_), Some(workspace)) = (driver, driver.workspace_path()) else {
+        return Err(RunError::Unsupported(
             "build caches are supported in containers only for now".into(),
         ));
     };

@@ -338,7 +338,9 @@ fn prepare_workspace(
     };
     std::fs::create_dir_all(job_dir).map_err(io(job_dir))?;
     match driver {
-        Driver::Container(_) => {
+        // A VM gets the same layers on a disk and writes its upper layer
+        // back into `upper` (`work` stays unused).
+        Driver::Container(_) | Driver::Qemu(_) => {
             // overlayfs refuses one directory twice among its lower layers;
             // keeping only the topmost copy of a repeated layer shows the
             // same files (everything the lower copy has, the upper hides).

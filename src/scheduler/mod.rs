@@ -15,7 +15,7 @@ pub mod prepare;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kiln_grammar::manifest::Manifest;
 use kiln_store::{B3Digest, BuildStatus, StoreError};
@@ -29,8 +29,7 @@ use crate::layers::LayerError;
 use crate::resolve::ResolveError;
 use prepare::{DriverSet, StoreCtx, driver_name};
 
-/// Driver creation over this long ends the build as Timed Out (design §5).
-pub const DRIVER_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+pub use crate::driver::DRIVER_CREATE_TIMEOUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -49,6 +48,9 @@ pub enum RunError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A manifest feature the job's driver does not offer (yet).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 #[derive(Clone, Debug)]
