@@ -141,7 +141,10 @@ pub fn fetch_source(
         .output()
         .map_err(|error| git_failed(format!("cannot run git: {error}")))?;
     if !fetched.status.success() {
-        let stderr = String::from_utf8_lossy(&fetched.stderr).trim().to_owned();
+        let stderr = String::from_utf8_lossy(&fetched.stderr)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if stderr.contains("couldn't find remote ref") || stderr.contains("not our ref") {
             return Err(OfflineError::UnknownRef {
                 url: url.to_owned(),
