@@ -353,6 +353,8 @@ pub fn import(
         Some(dir) => dir.to_path_buf(),
         None => PathBuf::from(&name),
     };
+    let directory =
+        std::path::absolute(&directory).map_err(|error| OfflineError::file(&directory, error))?;
     let usable = match std::fs::read_dir(&directory) {
         Ok(mut entries) => entries.next().is_none(),
         Err(error) => error.kind() == std::io::ErrorKind::NotFound,
