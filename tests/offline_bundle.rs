@@ -247,3 +247,95 @@ fn corrupted_truncated_and_newer_bundles_are_rejected_with_nothing_imported() {
     );
     assert!(imported.status.success(), "{}", text(&imported.stderr));
 }
+
+/// A rootfs with a static busybox as its shell, packed by the `tar` CLI.
+fn busybox_tarball(dir: &Path) -> PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("busybox-static is installed (scripts/test.sh)");
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "tr"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    let tarball = dir.join("busybox.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tarball
+}
+
+#[test]
+fn an_imported_image_travels_in_the_bundle_and_arguments_are_kept() {
+    let server = GitServer::start();
+    let project = Project::new(&format!(
+        r#"{{ version ? "0" }}: {{
+  driver = {{ type = "container"; image = "tiny/busybox"; }};
+  sources = [ {{ url = "{}"; }} ];
+  stages = [ "build" ];
+  jobs = {{ upper = {{ stage = "build"; env = {{ V = version; }}; commands = [ "tr a-z A-Z < lib/lib.txt > up.txt" "echo $V >> up.txt" ]; artifacts = [ "up.txt" ]; }}; }};
+}}"#,
+        server.url()
+    ));
+    let tarball = busybox_tarball(project.dir.path());
+    let imported = kiln(
+        &project,
+        &["image", "import", "tiny/busybox", tarball.to_str().unwrap()],
+    );
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    assert!(kiln(&project, &["fetch"]).status.success());
+    let first = project.run(&["--offline", "--arg", "version=7"]);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    let bundle = project.dir.path().join("image.bundle");
+    let created = kiln(
+        &project,
+        &[
+            "bundle",
+            "create",
+            "last",
+            "--arg",
+            "version=7",
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    assert!(
+        text(&created.stderr).contains("1 image(s)"),
+        "{}",
+        text(&created.stderr)
+    );
+    drop(server);
+
+    let air = AirGapped::new();
+    let imported = air.kiln(
+        air.dir.path(),
+        &["bundle", "import", bundle.to_str().unwrap(), "-C", "p"],
+    );
+    assert!(imported.status.success(), "{}", text(&imported.stderr));
+    assert!(
+        text(&imported.stderr).contains("kiln run --offline --arg 'version=7'"),
+        "{}",
+        text(&imported.stderr)
+    );
+    let images = air.kiln(air.dir.path(), &["image", "ls"]);
+    assert!(text(&images.stdout).contains("tiny/busybox"));
+    let checkout = air.dir.path().join("p");
+    let cached = air.run(&checkout, &["--offline", "--arg", "version=7"]);
+    assert_eq!(cached.status("upper"), "cached", "{}", cached.describe());
+    let rebuilt = air.run(
+        &checkout,
+        &["--offline", "--no-cache", "--arg", "version=7"],
+    );
+    assert_eq!(rebuilt.status("upper"), "passed", "{}", rebuilt.describe());
+    assert_eq!(rebuilt.artifacts(), first.artifacts());
+}

@@ -261,8 +261,13 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
                 report.job_results
             );
             println!("{}", report.manifest.display());
+            let args: String = report
+                .args
+                .iter()
+                .map(|arg| format!(" --arg '{arg}'"))
+                .collect();
             eprintln!(
-                "to rebuild offline: cd {} && kiln run --offline",
+                "to rebuild offline: cd {} && kiln run --offline{args}",
                 report.directory.display()
             );
             Ok(ExitCode::SUCCESS)
@@ -311,6 +316,7 @@ fn create(
         manifest: &loaded.manifest,
         files: &loaded.files,
         build,
+        args,
     };
     let temporary = output.with_extension("partial");
     let file = std::fs::File::create(&temporary)

@@ -53,6 +53,10 @@ pub struct BundleIndex {
     /// The build it was made from, in the exporting store.
     pub build: Option<i64>,
     pub lock: Option<Lock>,
+    /// The `--arg NAME=VALUE`s the manifest was loaded with; a rerun needs
+    /// the same ones to get the same keys.
+    #[serde(default)]
+    pub args: Vec<String>,
     pub job_results: Vec<BundledResult>,
 }
 
@@ -73,6 +77,8 @@ pub struct BundleSpec<'a> {
     pub files: &'a [(PathBuf, String)],
     /// The build whose job results travel with it.
     pub build: Option<BuildId>,
+    /// The `--arg`s the manifest was loaded with.
+    pub args: &'a [String],
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -229,6 +235,7 @@ pub fn create(
         manifest: inside(&manifest.dir, spec.manifest_path).unwrap_or_else(|| "build.kiln".into()),
         build: spec.build.map(|b| b.0),
         lock,
+        args: spec.args.to_vec(),
         job_results,
     };
     let index_bytes = serde_json::to_vec_pretty(&index)
@@ -280,6 +287,7 @@ pub struct ImportReport {
     pub directory: PathBuf,
     pub manifest: PathBuf,
     pub job_results: usize,
+    pub args: Vec<String>,
     pub objects: u64,
     pub already_present: u64,
 }
@@ -415,6 +423,7 @@ pub fn import(
         manifest: directory.join(&index.manifest),
         directory,
         job_results: index.job_results.len(),
+        args: index.args,
         objects: imported.chunks + imported.blobs + imported.trees,
         already_present: imported.already_present,
     })

@@ -246,3 +246,53 @@ fn run_git(url: &str, command: &mut Command) -> Result<(), OfflineError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_urls_are_told_from_local_ones() {
+        for remote in [
+            "https://example.org/a.git",
+            "http://example.org/a",
+            "git://127.0.0.1:9418/a.git",
+            "ssh://git@example.org/a.git",
+            "git@example.org:a/b.git",
+            "example.org:a/b.git",
+        ] {
+            assert!(is_remote(remote), "{remote}");
+        }
+        for local in [
+            "file:///srv/a.git",
+            "../repo",
+            "./repo",
+            "/srv/repo",
+            "repo",
+        ] {
+            assert!(!is_remote(local), "{local}");
+        }
+    }
+
+    #[test]
+    fn root_names_are_canonical() {
+        assert_eq!(
+            root_name("https://example.org/a.git/", None),
+            "remote:https://example.org/a.git#HEAD"
+        );
+        assert_eq!(
+            root_name("https://example.org/a.git", Some("v1")),
+            "remote:https://example.org/a.git#v1"
+        );
+    }
+
+    #[test]
+    fn rev_is_a_prefix_of_at_least_four_digits() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        assert!(rev_matches(commit, commit));
+        assert!(rev_matches(commit, "0123"));
+        assert!(rev_matches(commit, "0123456789ABCDEF"));
+        assert!(!rev_matches(commit, "012"));
+        assert!(!rev_matches(commit, "1123"));
+    }
+}

@@ -231,3 +231,82 @@ pub fn relative_name(dir: &Path, path: &Path) -> String {
         Err(_) => absolute.display().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(byte: u8) -> B3Digest {
+        B3Digest::from_array([byte; 32])
+    }
+
+    fn lock(commit: &str, image: u8, file: u8) -> Lock {
+        let files = BTreeMap::from([("build.kiln".to_owned(), digest(file))]);
+        Lock {
+            version: LOCK_VERSION,
+            manifest: ManifestLock {
+                digest: digest(file),
+                files,
+            },
+            sources: vec![SourceLock {
+                url: "git://h/lib.git".into(),
+                reference: "main".into(),
+                dir: "lib".into(),
+                commit: commit.into(),
+                tree: digest(commit.len() as u8),
+            }],
+            images: vec![ImageLock {
+                name: "host".into(),
+                digest: digest(image),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_text_round_trips_and_is_stable() {
+        let original = lock("aaaa", 1, 2);
+        let text = original.to_text();
+        assert!(text.ends_with("}\n"));
+        assert!(text.contains("\"ref\": \"main\""));
+        let parsed = Lock::parse(Path::new("kiln.lock"), &text).unwrap();
+        assert_eq!(parsed, original);
+        assert_eq!(parsed.to_text(), text);
+        assert!(original.drift(&parsed).is_empty());
+    }
+
+    #[test]
+    fn drift_names_each_change_old_and_new() {
+        let old = lock("aaaa", 1, 2);
+        let new = lock("bbbbb", 3, 4);
+        let drift = old.drift(&new);
+        let all = drift.join("\n");
+        assert!(all.contains("manifest file build.kiln: "), "{all}");
+        assert!(
+            all.contains("source git://h/lib.git (ref main, dir lib): commit aaaa → bbbbb"),
+            "{all}"
+        );
+        assert!(
+            all.contains(&format!("image host: {} → {}", digest(1), digest(3))),
+            "{all}"
+        );
+        let mut gone = old.clone();
+        gone.sources.clear();
+        assert!(old.drift(&gone)[0].contains("no longer in the manifest"));
+        assert!(gone.drift(&old)[0].contains("not in the lock"));
+    }
+
+    #[test]
+    fn a_newer_or_malformed_lock_is_refused() {
+        let newer = Lock::parse(Path::new("kiln.lock"), r#"{ "version": 9 }"#).unwrap_err();
+        assert!(
+            newer.to_string().contains("newer than this kiln"),
+            "{newer}"
+        );
+        let malformed = Lock::parse(Path::new("kiln.lock"), "[1, 2").unwrap_err();
+        assert!(
+            malformed
+                .to_string()
+                .contains("kiln.lock: not a kiln lock file")
+        );
+    }
+}
