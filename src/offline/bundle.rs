@@ -373,9 +373,14 @@ pub fn import(
             "exists and is not empty: choose another directory with -C",
         ));
     }
-    let imported = store
-        .import(&mut input)
-        .map_err(|error| bad(format!("rejected, nothing imported: {error}")))?;
+    let imported = store.import(&mut input).map_err(|error| {
+        let message = error.to_string();
+        if message.contains("nothing imported") {
+            bad(message)
+        } else {
+            bad(format!("rejected, nothing imported: {message}"))
+        }
+    })?;
     // The store verified the closure; now it must hold what the header names.
     let roots = store.temp_roots()?;
     if store.object_kind(&tree).ok() != Some(ObjectKind::Tree) {
