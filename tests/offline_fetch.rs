@@ -29,7 +29,7 @@ fn fetch_then_run_and_offline_lists_everything_missing_before_any_job() {
     let server = GitServer::start();
     let project = Project::new(&manifest(&server.url(), r#"ref = "main";"#).replace(
         r#"commands = [ "tr a-z A-Z < joined.txt > upper.txt" ];"#,
-        r#"commands = [ "tr a-z A-Z < joined.txt > upper.txt" ]; driver = { type = "container"; image = "not-imported"; };"#,
+        r#"commands = [ "tr a-z A-Z < joined.txt > upper.txt" ]; driver = { type = "container"; image = "not-imported"; }; }; online = { stage = "build"; network = true; commands = [ "true" ];"#,
     ));
     project.write("input.txt", "two\n");
 
@@ -37,7 +37,11 @@ fn fetch_then_run_and_offline_lists_everything_missing_before_any_job() {
     let offline = kiln(&project, &["run", "--offline"]);
     assert_eq!(offline.status.code(), Some(1), "{}", text(&offline.stderr));
     let stderr = text(&offline.stderr);
-    assert!(stderr.contains("2 thing(s) missing"), "{stderr}");
+    assert!(stderr.contains("3 thing(s) missing"), "{stderr}");
+    assert!(
+        stderr.contains("job online: asks for the network (`network = true`)"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains(&format!("source {} (ref main): not fetched", server.url())),
         "{stderr}"

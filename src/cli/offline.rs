@@ -124,6 +124,7 @@ pub fn fetch(store_dir: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
     let roots = store.temp_roots()?;
     let mut failed = 0usize;
     let mut fetched = 0usize;
+    let mut seen = std::collections::HashSet::new();
     for source in &loaded.manifest.sources {
         let Source::Git {
             url,
@@ -134,7 +135,7 @@ pub fn fetch(store_dir: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
         else {
             continue;
         };
-        if !fetch::is_remote(url) {
+        if !fetch::is_remote(url) || !seen.insert(fetch::root_name(url, reference.as_deref())) {
             continue;
         }
         let reference_text = reference.as_deref().unwrap_or(DEFAULT_REF);
