@@ -72,11 +72,21 @@ pub fn load_with_files(
     path: &Path,
     raw_args: &[String],
 ) -> anyhow::Result<Result<LoadedManifest, ExitCode>> {
+    load_quietly(path, raw_args, false)
+}
+
+fn load_quietly(
+    path: &Path,
+    raw_args: &[String],
+    quiet: bool,
+) -> anyhow::Result<Result<LoadedManifest, ExitCode>> {
     let options = LoadOptions {
         args: parse_args(raw_args)?,
     };
     let loaded = load::load(path, &options);
-    eprint!("{}", loaded.render_diagnostics());
+    if !quiet {
+        eprint!("{}", loaded.render_diagnostics());
+    }
     let files = loaded
         .sources
         .files()
@@ -222,7 +232,8 @@ pub fn check_offline(store_dir: &Path, manifest: &Manifest) -> anyhow::Result<()
 /// `kiln run --locked`: what the manifest resolves to now must be what
 /// `kiln.lock` says, else the list of what drifted.
 pub fn check_locked(store_dir: &Path, path: &Path, raw_args: &[String]) -> anyhow::Result<()> {
-    let loaded = match load_with_files(path, raw_args)? {
+    // `kiln run` has loaded it already and shown its warnings.
+    let loaded = match load_quietly(path, raw_args, true)? {
         Ok(loaded) => loaded,
         Err(_) => bail!("--locked: {} is not a valid manifest", path.display()),
     };

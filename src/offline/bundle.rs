@@ -359,7 +359,7 @@ pub fn import(
     let (name, tree) = read_header(path, &mut input)?;
     let directory = match directory {
         Some(dir) => dir.to_path_buf(),
-        None => PathBuf::from(&name),
+        None => PathBuf::from(directory_name(&name)),
     };
     let directory =
         std::path::absolute(&directory).map_err(|error| OfflineError::file(&directory, error))?;
@@ -447,6 +447,27 @@ fn bundle_name(spec: &BundleSpec<'_>) -> String {
     }
 }
 
+/// The header's name as a single, harmless path component: it comes from
+/// the bundle, so it must not steer the import elsewhere (`..`, `/`).
+fn directory_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    if cleaned.is_empty() {
+        "bundle".to_owned()
+    } else {
+        cleaned.to_owned()
+    }
+}
+
 /// `path` relative to `dir` (`.` for `dir` itself), or `None` outside it.
 fn inside(dir: &Path, path: &Path) -> Option<String> {
     let absolute = std::path::absolute(path).ok()?;
@@ -478,4 +499,50 @@ fn node_of(store: &Store, object: ObjectRef) -> Result<Node, OfflineError> {
             executable: false,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_directory_never_leaves_the_current_one() {
+        assert_eq!(directory_name("app-build-1"), "app-build-1");
+        assert_eq!(directory_name("../../etc"), "_.._etc");
+        assert_eq!(directory_name("/abs"), "_abs");
+        assert_eq!(directory_name(".."), "bundle");
+        assert_eq!(directory_name(""), "bundle");
+    }
+
+    #[test]
+    fn headers_are_checked_before_anything_else() {
+        let path = Path::new("b");
+        let error = |bytes: &[u8]| {
+            read_header(path, &mut &bytes[..])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(error(b"KILN").contains("truncated"));
+        assert!(error(b"NOTABUNDLE123456").contains("not a kiln bundle"));
+        let mut newer = MAGIC.to_vec();
+        newer.extend_from_slice(&7u32.to_le_bytes());
+        newer.extend_from_slice(&0u32.to_le_bytes());
+        assert!(error(&newer).contains("made by a newer kiln (bundle format 7"));
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&1u32.to_le_bytes());
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(error(&huge).contains("corrupt"));
+        let header = br#"{"format":1,"kiln_version":"0","name":"n","tree":"blake3:0000000000000000000000000000000000000000000000000000000000000000"}"#;
+        let mut good = MAGIC.to_vec();
+        good.extend_from_slice(&1u32.to_le_bytes());
+        good.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        good.extend_from_slice(header);
+        good.extend_from_slice(B3Digest::of(header).as_bytes());
+        let (name, _) = read_header(path, &mut &good[..]).unwrap();
+        assert_eq!(name, "n");
+        let last = good.len() - 1;
+        good[last] ^= 1;
+        assert!(error(&good).contains("checksum"));
+    }
 }
