@@ -407,3 +407,35 @@ fn a_build_timeout_stops_every_job_as_timed_out() {
     assert_eq!(run.status("later"), "skipped");
     project.assert_clean();
 }
+
+#[test]
+fn a_host_job_runs_in_a_scratch_copy_is_never_cached_and_its_output_flows_on() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  sources = [ ./. ];
+  stages = [ "glue" "use" ];
+  jobs = {
+    glue = {
+      stage = "glue";
+      driver = { type = "host"; };
+      commands = [ "test -f input.txt" "echo made-on-host > made.txt" "rm input.txt" ];
+    };
+    use = { stage = "use"; commands = [ "grep -q made-on-host made.txt" "test ! -e input.txt" ]; };
+  };
+}"#,
+    );
+    project.write("input.txt", "in\n");
+    let first = project.run(&[]);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    assert_eq!(first.status("glue"), "passed");
+    assert_eq!(first.status("use"), "passed");
+    // The scratch copy was a copy: the project is untouched.
+    assert!(project.root().join("input.txt").exists());
+    assert!(!project.root().join("made.txt").exists());
+    // The host job always runs; its output is the same, so `use` is cached.
+    let second = project.run(&[]);
+    assert_eq!(second.status("glue"), "passed");
+    assert_eq!(second.status("use"), "cached", "{}", second.describe());
+    project.assert_clean();
+}
