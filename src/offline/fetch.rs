@@ -223,9 +223,14 @@ fn git_in(repo: &Path) -> Command {
     command
         .arg("--git-dir")
         .arg(repo)
+        // A stalled HTTP transfer fails instead of hanging the fetch.
+        .args(["-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60"])
         .env("GIT_TERMINAL_PROMPT", "0")
         // Never ask for a password or host key: fail instead.
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+        .env(
+            "GIT_SSH_COMMAND",
+            "ssh -o BatchMode=yes -o ConnectTimeout=30",
+        )
         .stdin(Stdio::null());
     command
 }
