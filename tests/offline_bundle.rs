@@ -246,6 +246,17 @@ fn corrupted_truncated_and_newer_bundles_are_rejected_with_nothing_imported() {
         &["bundle", "import", path.to_str().unwrap()],
     );
     assert!(imported.status.success(), "{}", text(&imported.stderr));
+    // A second import may not write over the project.
+    let again = air.kiln(
+        air.dir.path(),
+        &["bundle", "import", path.to_str().unwrap()],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("exists and is not empty"),
+        "{}",
+        text(&again.stderr)
+    );
 }
 
 /// A rootfs with a static busybox as its shell, packed by the `tar` CLI.
