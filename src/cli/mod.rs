@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 pub mod image;
 pub mod manifest;
+pub mod offline;
 pub mod records;
 pub mod run;
 pub mod store;
@@ -74,6 +75,13 @@ pub enum Command {
     Pin(records::PinArgs),
     /// Let curation drop a build's artifacts again
     Unpin(records::PinArgs),
+    /// Fetch remote git sources into the store (the only command that uses the network)
+    Fetch(offline::FetchArgs),
+    /// Write kiln.lock: the commits, trees and digests the manifest resolves to
+    Lock(offline::LockArgs),
+    /// Air-gapped bundles: create one from a build, import one into this store
+    #[command(subcommand)]
+    Bundle(offline::BundleCommand),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -132,6 +140,15 @@ pub fn main() -> ExitCode {
         }
         Command::Unpin(args) => {
             store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, false))
+        }
+        Command::Fetch(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| offline::fetch(&dir, args))
+        }
+        Command::Lock(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| offline::lock(&dir, args))
+        }
+        Command::Bundle(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| offline::bundle(&dir, command))
         }
     };
     match result {

@@ -44,6 +44,13 @@ pub struct RunArgs {
     /// Print every event as a JSON line on stdout
     #[arg(long)]
     pub json: bool,
+    /// Never touch the network: fail before any job if a remote source is
+    /// not fetched or an image not imported (lists all of them)
+    #[arg(long)]
+    pub offline: bool,
+    /// Refuse to run if anything resolves differently than kiln.lock says
+    #[arg(long)]
+    pub locked: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +160,12 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    if args.offline {
+        crate::cli::offline::check_offline(store_dir, &manifest)?;
+    }
+    if args.locked {
+        crate::cli::offline::check_locked(store_dir, &path, &args.args)?;
+    }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let options = RunOptions {
         jobs: args.jobs.unwrap_or(cores).max(1),

@@ -87,6 +87,16 @@ pub fn resolve_source(
             rev,
             dir,
         } => {
+            if crate::offline::fetch::is_remote(url) {
+                return resolve_fetched(
+                    store,
+                    roots,
+                    url,
+                    reference.as_deref(),
+                    rev.as_deref(),
+                    dir,
+                );
+            }
             let repo = local_repository(url, manifest_dir)?;
             let commit = resolve_commit(url, &repo, reference.as_deref())?;
             if let Some(rev) = rev
@@ -125,6 +135,42 @@ pub fn resolve_source(
             })
         }
     }
+}
+
+/// A remote source comes from the store only (`kiln fetch` put it there).
+fn resolve_fetched(
+    store: &Store,
+    roots: &TempRoots,
+    url: &str,
+    reference: Option<&str>,
+    rev: Option<&str>,
+    dir: &str,
+) -> Result<ResolvedSource, ResolveError> {
+    let stored = crate::offline::fetch::stored_source(store, roots, url, reference)
+        .map_err(|error| ResolveError::Git {
+            url: url.to_owned(),
+            reason: error.to_string(),
+        })?
+        .ok_or_else(|| ResolveError::Remote {
+            url: url.to_owned(),
+        })?;
+    if let Some(rev) = rev
+        && !crate::offline::fetch::rev_matches(&stored.commit, rev)
+    {
+        return Err(ResolveError::Git {
+            url: url.to_owned(),
+            reason: format!(
+                "the fetched commit {} (ref {}) is not what `rev` pins ({rev}); run `kiln fetch` again",
+                stored.commit, stored.reference
+            ),
+        });
+    }
+    Ok(ResolvedSource {
+        label: url.to_owned(),
+        dir: dir.to_owned(),
+        object: ObjectRef::tree(stored.tree),
+        commit: Some(stored.commit),
+    })
 }
 
 fn local_repository(url: &str, manifest_dir: &Path) -> Result<PathBuf, ResolveError> {
@@ -181,7 +227,12 @@ fn resolve_commit(url: &str, repo: &Path, reference: Option<&str>) -> Result<Str
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-fn export_commit(url: &str, repo: &Path, commit: &str, into: &Path) -> Result<(), ResolveError> {
+pub(crate) fn export_commit(
+    url: &str,
+    repo: &Path,
+    commit: &str,
+    into: &Path,
+) -> Result<(), ResolveError> {
     let failed = |reason: String| ResolveError::Git {
         url: url.to_owned(),
         reason,
