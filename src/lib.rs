@@ -6,6 +6,7 @@ pub mod events;
 pub mod graph;
 pub mod image;
 pub mod layers;
+pub mod repro;
 pub mod resolve;
 pub mod sandbox;
 pub mod scheduler;

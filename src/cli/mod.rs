@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 pub mod image;
 pub mod manifest;
 pub mod records;
+pub mod repro;
 pub mod run;
 pub mod store;
 
@@ -74,6 +75,10 @@ pub enum Command {
     Pin(records::PinArgs),
     /// Let curation drop a build's artifacts again
     Unpin(records::PinArgs),
+    /// Compare two builds' artifacts: per file, sizes and first differing byte
+    Diff(repro::DiffArgs),
+    /// Print a build's provenance: an in-toto statement with a SLSA v1 predicate
+    Provenance(repro::ProvenanceArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -132,6 +137,12 @@ pub fn main() -> ExitCode {
         }
         Command::Unpin(args) => {
             store_dir(cli.store.as_ref()).and_then(|dir| records::pin(&dir, args, false))
+        }
+        Command::Diff(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| repro::diff(&dir, args))
+        }
+        Command::Provenance(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| repro::provenance(&dir, args))
         }
     };
     match result {
