@@ -305,12 +305,24 @@ fn compare_sides(
     new: Side,
     comparison: &mut Comparison,
 ) -> Result<(), ReproError> {
-    let mut pending: Vec<(String, Side, Side)> = vec![(path.to_owned(), recorded, new)];
+    let mut pending: Vec<Paired> = vec![(path.to_owned(), Some(recorded), Some(new))];
     while let Some((path, recorded, new)) = pending.pop() {
         let display = if path.is_empty() {
             ".".to_owned()
         } else {
             path.clone()
+        };
+        let (recorded, new) = match (recorded, new) {
+            (Some(recorded), Some(new)) => (recorded, new),
+            (Some(old), None) => {
+                comparison.push(one_sided(&display, Change::Removed, &old));
+                continue;
+            }
+            (None, Some(now)) => {
+                comparison.push(one_sided(&display, Change::Added, &now));
+                continue;
+            }
+            (None, None) => continue,
         };
         match (&recorded, &new) {
             (
@@ -377,17 +389,7 @@ fn compare_sides(
                 let mut children = pair_entries(&tree_a, &tree_b);
                 children.reverse();
                 for (name, old, now) in children {
-                    let child = join(&path, &name);
-                    match (old, now) {
-                        (Some(old), Some(now)) => pending.push((child, old, now)),
-                        (Some(old), None) => {
-                            comparison.push(one_sided(&child, Change::Removed, &old))
-                        }
-                        (None, Some(now)) => {
-                            comparison.push(one_sided(&child, Change::Added, &now))
-                        }
-                        (None, None) => {}
-                    }
+                    pending.push((join(&path, &name), old, now));
                 }
             }
             (Side::Symlink(a), Side::Symlink(b)) => {
@@ -472,6 +474,143 @@ mod tests {
         assert_eq!(first_difference(b"abc", b"abcdef"), 3);
         assert_eq!(first_difference(b"", b"x"), 0);
         assert_eq!(first_difference(b"x", b"y"), 0);
+    }
+
+    fn file(store: &mut Store, roots: &kiln_store::TempRoots, bytes: &[u8], x: bool) -> Node {
+        let digest = store.add_bytes(bytes, roots).unwrap().object.digest;
+        Node::File {
+            digest,
+            size: bytes.len() as u64,
+            executable: x,
+        }
+    }
+
+    fn dir(
+        store: &mut Store,
+        roots: &kiln_store::TempRoots,
+        entries: Vec<(&str, Node)>,
+    ) -> (Node, B3Digest) {
+        let entries = entries
+            .into_iter()
+            .map(|(name, node)| kiln_store::TreeEntry {
+                name: kiln_store::EntryName::new(name).unwrap(),
+                node,
+            })
+            .collect();
+        let tree = Tree::new(false, entries).unwrap();
+        let size = tree.size();
+        let digest = store.add_tree(&tree, roots).unwrap();
+        (Node::Directory { digest, size }, digest)
+    }
+
+    #[test]
+    fn trees_compare_path_by_path_in_a_real_store() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(temp.path().join("store")).unwrap();
+        let roots = store.temp_roots().unwrap();
+        let same = file(&mut store, &roots, b"same", false);
+        let old_stamp = file(&mut store, &roots, b"1763775223412000000\n", false);
+        let new_stamp = file(&mut store, &roots, b"1763775229999000000\n", false);
+        let script = file(&mut store, &roots, b"#!/bin/sh\n", false);
+        let script_x = file(&mut store, &roots, b"#!/bin/sh\n", true);
+        let gone = file(&mut store, &roots, b"gone", false);
+        let (sub_old, _) = dir(&mut store, &roots, vec![("deep", old_stamp.clone())]);
+        let (sub_new, _) = dir(&mut store, &roots, vec![("deep", new_stamp.clone())]);
+        let link_a = Node::Symlink {
+            target: b"a".to_vec(),
+        };
+        let link_b = Node::Symlink {
+            target: b"b".to_vec(),
+        };
+        let (_, old) = dir(
+            &mut store,
+            &roots,
+            vec![
+                ("same", same.clone()),
+                ("stamp", old_stamp),
+                ("run.sh", script),
+                ("gone", gone),
+                ("sub", sub_old),
+                ("link", link_a),
+                ("becomes-dir", same.clone()),
+            ],
+        );
+        let (became_dir, _) = dir(&mut store, &roots, vec![("x", same.clone())]);
+        let (_, new) = dir(
+            &mut store,
+            &roots,
+            vec![
+                ("same", same.clone()),
+                ("stamp", new_stamp),
+                ("run.sh", script_x),
+                ("added", same),
+                ("sub", sub_new),
+                ("link", link_b),
+                ("becomes-dir", became_dir),
+            ],
+        );
+        let found =
+            compare_objects(&store, ObjectRef::tree(old), ObjectRef::tree(new), "").unwrap();
+        let summary: Vec<(String, Change)> = found
+            .differences
+            .iter()
+            .map(|d| (d.path.clone(), d.change))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("added".to_owned(), Change::Added),
+                ("becomes-dir".to_owned(), Change::Kind),
+                ("gone".to_owned(), Change::Removed),
+                ("link".to_owned(), Change::SymlinkTarget),
+                ("run.sh".to_owned(), Change::Executable),
+                ("stamp".to_owned(), Change::Content),
+                ("sub/deep".to_owned(), Change::Content),
+            ]
+        );
+        let stamp = &found.differences[5];
+        assert_eq!(stamp.first_differing_offset, Some(9));
+        assert_eq!((stamp.recorded_size, stamp.new_size), (Some(20), Some(20)));
+        assert!(
+            compare_objects(&store, ObjectRef::tree(old), ObjectRef::tree(old), "")
+                .unwrap()
+                .is_identical()
+        );
+    }
+
+    #[test]
+    fn artifacts_compare_by_name() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(temp.path().join("store")).unwrap();
+        let roots = store.temp_roots().unwrap();
+        let blob = |store: &mut Store, bytes: &[u8]| {
+            ObjectRef::blob(store.add_bytes(bytes, &roots).unwrap().object.digest)
+        };
+        let artifact = |name: &str, object: ObjectRef| JobArtifact {
+            name: name.into(),
+            object,
+            size: 0,
+        };
+        let (a, b, c) = (
+            blob(&mut store, b"hello"),
+            blob(&mut store, b"help!"),
+            blob(&mut store, b"x"),
+        );
+        let found = compare_artifacts(
+            &store,
+            &[artifact("bin", a), artifact("old", c)],
+            &[artifact("bin", b), artifact("new", c)],
+        )
+        .unwrap();
+        let lines: Vec<String> = found.differences.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            lines,
+            [
+                "bin: content differs (5 bytes recorded, 5 bytes now, first difference at byte 3)",
+                "new: added (file, 1 bytes)",
+                "old: removed (file, 1 bytes)",
+            ]
+        );
     }
 
     #[test]
