@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILN=${1:-$PWD/target/release/kiln}
+for tool in hyperfine bwrap; do
+  command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install hyperfine bubblewrap)" >&2; exit 1; }
+done
 [ -x "$KILN" ] || cargo build --release
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT

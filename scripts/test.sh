@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use, as "command:package".
-required=(git:git zstd:zstd unshare:util-linux mkfifo:coreutils mknod:coreutils setfattr:attr busybox:busybox-static)
+required=(git:git zstd:zstd unshare:util-linux mkfifo:coreutils mknod:coreutils setfattr:attr busybox:busybox-static cc:gcc hostname:hostname)
 missing=()
 for pair in "${required[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

@@ -33,6 +33,15 @@ fn the_example_passes_then_every_job_is_cached_with_identical_artifacts() {
     for job in ["compile", "smoke", "tarball"] {
         assert_eq!(first.status(job), "passed", "{}", first.describe());
     }
+    // The job's output arrives line by line as `job/output` events.
+    assert!(
+        first
+            .of_type("job/output")
+            .iter()
+            .any(|e| e["job"] == "compile" && e["line"] == "+ cc -O2 -o hello src/hello.c"),
+        "{}",
+        first.describe()
+    );
     let artifacts = first.artifacts();
     let names: Vec<&str> = artifacts.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["hello", "release/hello.tgz"]);
@@ -255,12 +264,18 @@ fn a_missing_object_is_a_warning_and_a_missing_source_fails() {
     let project = Project::new(
         r#"{
   driver = { type = "container"; image = "host"; };
-  objects = [ "missing.tar => fixtures.tar" "present.txt => data/present.txt" ];
+  objects = [ "missing.tar => fixtures.tar" "present.txt => data/present.txt" "tool.sh => bin/tool" ];
   stages = [ "s" ];
-  jobs = { j = { stage = "s"; commands = [ "test -f data/present.txt" "test ! -e fixtures.tar" ]; }; };
+  jobs = { j = { stage = "s"; commands = [ "test -f data/present.txt" "test ! -e fixtures.tar" "./bin/tool" ]; }; };
 }"#,
     );
     project.write("present.txt", "here\n");
+    project.write("tool.sh", "#!/bin/sh\necho tool ran\n");
+    std::fs::set_permissions(
+        project.root().join("tool.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let run = project.run(&[]);
     assert_eq!(run.code, 0, "{}", run.describe());
     assert_eq!(run.status("j"), "passed");
@@ -365,5 +380,62 @@ fn build_caches_are_restored_before_and_saved_after_a_job() {
     assert!(removed.success());
     let listed = project.kiln().args(["cache", "ls"]).output().unwrap();
     assert!(listed.stdout.is_empty());
+    project.assert_clean();
+}
+
+#[test]
+fn a_build_timeout_stops_every_job_as_timed_out() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  timeout = "2s";
+  stages = [ "s" "t" ];
+  jobs = {
+    a = { stage = "s"; timeout = "1h"; commands = [ "sleep 60" ]; };
+    b = { stage = "s"; timeout = "1h"; commands = [ "sleep 60" ]; };
+    later = { stage = "t"; commands = [ "true" ]; };
+  };
+}"#,
+    );
+    let started = std::time::Instant::now();
+    let run = project.run(&["--jobs", "2"]);
+    assert!(started.elapsed().as_secs() < 20);
+    assert_eq!(run.code, 5, "{}", run.describe());
+    assert_eq!(run.build_status(), "timed_out");
+    assert_eq!(run.status("a"), "timed_out");
+    assert_eq!(run.status("b"), "timed_out");
+    assert_eq!(run.status("later"), "skipped");
+    project.assert_clean();
+}
+
+#[test]
+fn a_host_job_runs_in_a_scratch_copy_is_never_cached_and_its_output_flows_on() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  sources = [ ./. ];
+  stages = [ "glue" "use" ];
+  jobs = {
+    glue = {
+      stage = "glue";
+      driver = { type = "host"; };
+      commands = [ "test -f input.txt" "echo made-on-host > made.txt" "rm input.txt" ];
+    };
+    use = { stage = "use"; commands = [ "grep -q made-on-host made.txt" "test ! -e input.txt" ]; };
+  };
+}"#,
+    );
+    project.write("input.txt", "in\n");
+    let first = project.run(&[]);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    assert_eq!(first.status("glue"), "passed");
+    assert_eq!(first.status("use"), "passed");
+    // The scratch copy was a copy: the project is untouched.
+    assert!(project.root().join("input.txt").exists());
+    assert!(!project.root().join("made.txt").exists());
+    // The host job always runs; its output is the same, so `use` is cached.
+    let second = project.run(&[]);
+    assert_eq!(second.status("glue"), "passed");
+    assert_eq!(second.status("use"), "cached", "{}", second.describe());
     project.assert_clean();
 }

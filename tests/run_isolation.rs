@@ -144,7 +144,7 @@ fn a_job_sees_no_host_files_processes_loopback_or_environment() {
       stage = "s";
       commands = [
         "test ! -e {secret}/key"
-        "if grep -l 123.456 /proc/[0-9]*/cmdline; then exit 1; fi"
+        "if cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -q '123[.]456'; then exit 1; fi"
         "if timeout 3 bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'; then exit 1; fi"
         "test -z \"$KILN_TEST_SECRET\""
         "test \"$(hostname)\" = kiln"
@@ -160,7 +160,7 @@ fn a_job_sees_no_host_files_processes_loopback_or_environment() {
     let outside = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "grep -l 123.456 /proc/[0-9]*/cmdline >/dev/null && echo hi > /dev/tcp/127.0.0.1/{port}"
+            "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -q '123[.]456' && echo hi > /dev/tcp/127.0.0.1/{port}"
         ))
         .status()
         .unwrap();

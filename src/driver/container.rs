@@ -3,7 +3,6 @@
 //! lives as long as the runtime, which matters for the helper's
 //! parent-death signal; `spawn_blocking` threads do not).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use kiln_grammar::manifest::ContainerDriver as ContainerSpec;
@@ -117,8 +116,8 @@ impl ContainerDriver {
             Ok(run) => run,
             Err(error) => return failed(format!("cannot prepare the sandbox: {error}")),
         };
-        let (stdout, stderr) = match File::create(&log).and_then(|f| Ok((f.try_clone()?, f))) {
-            Ok(files) => files,
+        let (stdout, stderr, output) = match super::output::start(&log, job.output.clone()) {
+            Ok(pipes) => pipes,
             Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
         };
         let mut command = tokio::process::Command::from(run.command(&self.helper));
@@ -129,13 +128,17 @@ impl ContainerDriver {
             .stderr(stderr)
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = match command.spawn() {
+        let spawned = command.spawn();
+        // The command holds the pipe's write ends: only the job may keep them.
+        drop(command);
+        let mut child = match spawned {
             Ok(child) => child,
             Err(error) => return failed(format!("cannot start the sandbox helper: {error}")),
         };
         let pid = child.id().unwrap_or(0);
         let stopped = tokio::select! {
             status = child.wait() => {
+                output.finish().await;
                 let end = match status {
                     Ok(status) => end_of(run.outcome(status), &log),
                     Err(error) => JobEnd::Failed(format!("waiting for the sandbox: {error}")),
@@ -149,6 +152,7 @@ impl ContainerDriver {
         // signal) and with it the whole pid namespace.
         let _ = child.start_kill();
         let _ = child.wait().await;
+        output.finish().await;
         run.clean_up_after_kill(pid);
         let end = match stopped {
             Stop::TimedOut => {

@@ -2,7 +2,6 @@
 //! copy of the workspace, with the hermetic environment but no isolation.
 //! For trusted glue jobs; never cached.
 
-use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 
 use tokio::sync::watch;
@@ -30,8 +29,8 @@ impl HostDriver {
         if let Err(error) = std::fs::write(&script, &job.script) {
             return failed(format!("cannot write {}: {error}", script.display()));
         }
-        let (stdout, stderr) = match File::create(&log).and_then(|f| Ok((f.try_clone()?, f))) {
-            Ok(files) => files,
+        let (stdout, stderr, output) = match super::output::start(&log, job.output.clone()) {
+            Ok(pipes) => pipes,
             Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
         };
         let mut command = tokio::process::Command::new("/bin/sh");
@@ -46,13 +45,17 @@ impl HostDriver {
             // Its own process group, so a kill reaches everything it started.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = match command.spawn() {
+        let spawned = command.spawn();
+        // The command holds the pipe's write ends: only the job may keep them.
+        drop(command);
+        let mut child = match spawned {
             Ok(child) => child,
             Err(error) => return failed(format!("cannot start /bin/sh: {error}")),
         };
         let pid = child.id().and_then(|pid| i32::try_from(pid).ok());
         let stopped = tokio::select! {
             status = child.wait() => {
+                output.finish().await;
                 let end = match status {
                     Ok(status) if status.success() => JobEnd::Passed,
                     Ok(status) => match (status.code(), status.signal()) {
@@ -71,6 +74,7 @@ impl HostDriver {
         kill_group(pid);
         let _ = child.start_kill();
         let _ = child.wait().await;
+        output.finish().await;
         let end = match stopped {
             Stop::TimedOut => {
                 append_log(&log, "kiln: the job timed out and was killed\n");

@@ -14,6 +14,7 @@
 mod container;
 mod env;
 mod host;
+mod output;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 pub use container::ContainerDriver;
 pub use env::{DEFAULT_PATH, hermetic_env};
 pub use host::HostDriver;
+pub use output::LineSink;
 
 use crate::graph::DriverKey;
 
@@ -71,6 +73,8 @@ pub struct JobRun {
     pub network: bool,
     /// Build caches: (host directory, path inside the environment).
     pub caches: Vec<(PathBuf, PathBuf)>,
+    /// Receives the job's output lines as they come.
+    pub output: Option<LineSink>,
 }
 
 /// How the workspace is given to the driver.

@@ -177,3 +177,60 @@ fn topological_order(manifest: &Manifest, direct: &[Vec<usize>]) -> Result<Vec<u
     }
     Ok(order)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(text: &str) -> BuildGraph {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("build.kiln");
+        std::fs::write(&path, text).unwrap();
+        let loaded = kiln_grammar::load::load(&path, &Default::default());
+        let manifest = loaded.result.unwrap();
+        BuildGraph::compile(&manifest).unwrap()
+    }
+
+    fn names(graph: &BuildGraph, indices: &[usize]) -> Vec<String> {
+        indices
+            .iter()
+            .map(|&i| graph.jobs[i].job.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn upstream_is_the_transitive_closure_in_topological_order() {
+        let graph = compile(
+            r#"{ driver = { type = "host"; }; stages = [ "a" "b" "c" ];
+                 jobs = {
+                   z = { stage = "c"; needs = [ "y" ]; commands = [ "true" ]; };
+                   y = { stage = "b"; needs = [ "w" ]; commands = [ "true" ]; };
+                   x = { stage = "a"; commands = [ "true" ]; };
+                   w = { stage = "a"; commands = [ "true" ]; };
+                 }; }"#,
+        );
+        let order: Vec<&str> = graph.jobs.iter().map(|n| n.job.name.as_str()).collect();
+        for (before, after) in [("w", "y"), ("y", "z")] {
+            let position = |name| order.iter().position(|n| *n == name).unwrap();
+            assert!(position(before) < position(after), "{order:?}");
+        }
+        let z = graph.index_of("z").unwrap();
+        assert_eq!(names(&graph, &graph.jobs[z].needs), ["y"]);
+        assert_eq!(names(&graph, &graph.jobs[z].upstream), ["w", "y"]);
+        let w = graph.index_of("w").unwrap();
+        assert_eq!(names(&graph, &graph.jobs[w].dependents), ["y"]);
+    }
+
+    #[test]
+    fn default_needs_make_every_earlier_stage_upstream() {
+        let graph = compile(
+            r#"{ driver = { type = "host"; }; stages = [ "a" "b" ];
+                 jobs = { p = { stage = "a"; commands = [ "true" ]; };
+                          q = { stage = "a"; commands = [ "true" ]; };
+                          r = { stage = "b"; commands = [ "true" ]; }; }; }"#,
+        );
+        let r = graph.index_of("r").unwrap();
+        assert_eq!(names(&graph, &graph.jobs[r].upstream), ["p", "q"]);
+        assert!(graph.jobs[graph.index_of("p").unwrap()].upstream.is_empty());
+    }
+}

@@ -303,3 +303,140 @@ fn diff_trees(
     }
     Ok(Tree::new(false, entries)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use kiln_store::{EntryName, TreeEntry};
+
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        roots: TempRoots,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let roots = store.temp_roots().unwrap();
+        Fixture {
+            _dir: dir,
+            store,
+            roots,
+        }
+    }
+
+    impl Fixture {
+        fn file(&mut self, text: &str) -> Node {
+            let report = self.store.add_bytes(text.as_bytes(), &self.roots).unwrap();
+            Node::File {
+                digest: report.object.digest,
+                size: text.len() as u64,
+                executable: false,
+            }
+        }
+
+        fn tree(&mut self, opaque: bool, entries: Vec<(&str, Node)>) -> B3Digest {
+            let entries = entries
+                .into_iter()
+                .map(|(name, node)| TreeEntry {
+                    name: EntryName::new(name.as_bytes().to_vec()).unwrap(),
+                    node,
+                })
+                .collect();
+            let tree = Tree::new(opaque, entries).unwrap();
+            self.store.add_tree(&tree, &self.roots).unwrap()
+        }
+
+        fn dir(&mut self, opaque: bool, entries: Vec<(&str, Node)>) -> Node {
+            let digest = self.tree(opaque, entries);
+            Node::Directory {
+                digest,
+                size: self.store.tree(&digest).unwrap().size(),
+            }
+        }
+
+        fn paths(&self, view: &mut DirBuilder) -> Vec<String> {
+            let mut out = Vec::new();
+            view.walk(&self.store, "", &mut out).unwrap();
+            out
+        }
+    }
+
+    #[test]
+    fn merged_view_honours_whiteouts_and_opaque_directories() {
+        let mut f = fixture();
+        let (a, b, c) = (f.file("a"), f.file("b"), f.file("c"));
+        let src = f.dir(false, vec![("a.c", a.clone()), ("b.c", b.clone())]);
+        let old = f.dir(false, vec![("x", c.clone())]);
+        let base = f.tree(false, vec![("src", src), ("old", old), ("keep", a.clone())]);
+        // The job deleted src/b.c, replaced old/ wholesale, added new.txt.
+        let src_layer = f.dir(false, vec![("b.c", Node::Whiteout)]);
+        let old_layer = f.dir(true, vec![("y", b.clone())]);
+        let layer = f.tree(
+            false,
+            vec![
+                ("src", src_layer),
+                ("old", old_layer),
+                ("new.txt", c.clone()),
+            ],
+        );
+        let mut view = merged_view(&f.store, &base, &[layer]).unwrap();
+        assert_eq!(
+            f.paths(&mut view),
+            ["keep", "new.txt", "old", "old/y", "src", "src/a.c"]
+        );
+    }
+
+    #[test]
+    fn diff_records_changes_and_deletions_and_narrow_selects_inputs() {
+        let mut f = fixture();
+        let (a, b, c) = (f.file("a"), f.file("b"), f.file("c"));
+        let sub = f.dir(false, vec![("one", a.clone()), ("two", b.clone())]);
+        let before = f.tree(
+            false,
+            vec![("sub", sub), ("gone", c.clone()), ("same", a.clone())],
+        );
+        let sub_after = f.dir(false, vec![("one", a.clone()), ("two", c.clone())]);
+        let after = f.tree(
+            false,
+            vec![
+                ("sub", sub_after),
+                ("same", a.clone()),
+                ("added", b.clone()),
+            ],
+        );
+        let layer = diff(&mut f.store, &before, &after, &f.roots).unwrap();
+        let tree = f.store.tree(&layer).unwrap();
+        let top: Vec<(String, &str)> = tree
+            .entries()
+            .iter()
+            .map(|e| (e.name.to_string(), e.node.kind_name()))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                ("added".to_owned(), "file"),
+                ("gone".to_owned(), "whiteout"),
+                ("sub".to_owned(), "dir"),
+            ]
+        );
+        // Applying the diff to `before` gives `after`.
+        let mut view = merged_view(&f.store, &before, &[layer]).unwrap();
+        assert_eq!(
+            f.paths(&mut view),
+            ["added", "same", "sub", "sub/one", "sub/two"]
+        );
+
+        let narrowed = narrow(
+            &mut f.store,
+            &before,
+            &["sub/t*".to_owned(), "same".to_owned()],
+            &f.roots,
+        )
+        .unwrap();
+        let mut view = DirBuilder::from_tree(&f.store, &narrowed).unwrap();
+        assert_eq!(f.paths(&mut view), ["same", "sub", "sub/two"]);
+    }
+}

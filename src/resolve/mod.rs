@@ -54,6 +54,8 @@ pub struct PlacedObject {
     /// Relative to the workspace.
     pub dst: String,
     pub object: ObjectRef,
+    /// A file object keeps its executable bit.
+    pub executable: bool,
 }
 
 pub fn resolve_source(
@@ -228,20 +230,21 @@ pub fn place_object(
     workspace: Option<&str>,
     object: &Object,
 ) -> Result<PlacedObject, ResolveError> {
-    let (label, stored) = match &object.src {
-        ObjectSource::Path(path) => (
-            path.relative.clone(),
-            add_file(store, roots, &path.absolute)?,
-        ),
+    let (label, stored, executable) = match &object.src {
+        ObjectSource::Path(path) => {
+            let stored = add_file(store, roots, &path.absolute)?;
+            (path.relative.clone(), stored, is_executable(&path.absolute))
+        }
         ObjectSource::Named(name) => match store.get_root(RootKind::Object, name)? {
             Some(root) if !root.broken => {
                 roots.hold(root.object)?;
-                (name.clone(), root.object)
+                (name.clone(), root.object, false)
             }
-            _ => (
-                name.clone(),
-                add_file(store, roots, &manifest_dir.join(name))?,
-            ),
+            _ => {
+                let path = manifest_dir.join(name);
+                let stored = add_file(store, roots, &path)?;
+                (name.clone(), stored, is_executable(&path))
+            }
         },
     };
     let dst = workspace_destination(&object.dst, workspace).ok_or_else(|| ResolveError::Object {
@@ -256,7 +259,14 @@ pub fn place_object(
         label,
         dst,
         object: stored,
+        executable,
     })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 fn add_file(store: &mut Store, roots: &TempRoots, path: &Path) -> Result<ObjectRef, ResolveError> {
@@ -293,10 +303,10 @@ pub fn compose_base(
     let mut base = DirBuilder::new();
     let placements = sources
         .iter()
-        .map(|s| (&s.dir, s.object))
-        .chain(objects.iter().map(|o| (&o.dst, o.object)));
-    for (path, object) in placements {
-        let node = node_of(store, object)?;
+        .map(|s| (&s.dir, s.object, false))
+        .chain(objects.iter().map(|o| (&o.dst, o.object, o.executable)));
+    for (path, object, executable) in placements {
+        let node = node_of(store, object, executable)?;
         base.place(store, path, node)?;
     }
     match base.write(store, roots)? {
@@ -305,7 +315,7 @@ pub fn compose_base(
     }
 }
 
-fn node_of(store: &Store, object: ObjectRef) -> Result<Node, ResolveError> {
+fn node_of(store: &Store, object: ObjectRef, executable: bool) -> Result<Node, ResolveError> {
     let size = store.object_size(object)?;
     Ok(match object.kind {
         ObjectKind::Tree => Node::Directory {
@@ -315,7 +325,7 @@ fn node_of(store: &Store, object: ObjectRef) -> Result<Node, ResolveError> {
         ObjectKind::Blob => Node::File {
             digest: object.digest,
             size,
-            executable: false,
+            executable,
         },
     })
 }

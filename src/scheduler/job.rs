@@ -8,7 +8,7 @@ use std::time::Instant;
 use kiln_store::{B3Digest, JobArtifact, JobResult, Node};
 
 use super::{JobDone, RunError, Shared, caches};
-use crate::driver::{Driver, JobEnd, JobRun, Workspace};
+use crate::driver::{Driver, JobEnd, JobRun, LineSink, Workspace};
 use crate::events::{Event, JobStatus};
 use crate::layers::{self};
 use crate::repro::{CheckOutcome, Comparison};
@@ -169,6 +169,7 @@ pub(crate) async fn run_job(
                     .iter()
                     .flat_map(|cache| cache.mounts.iter().cloned())
                     .collect(),
+                output: Some(output_sink(emitter.clone(), name.clone())),
             };
             let outcome = driver.run(run, shared.stop.clone()).await;
             Some((outcome, workspace, merged))
@@ -414,6 +415,16 @@ fn check_event(
         },
         (other, _) => unchecked(format!("the rerun was {}", other.label())),
     }
+}
+
+/// Emits each output line of `job` as a `job/output` event.
+fn output_sink(emitter: crate::events::Emitter, job: String) -> LineSink {
+    LineSink(Arc::new(move |line: &str| {
+        emitter.emit(Event::JobOutput {
+            job: job.clone(),
+            line: line.to_owned(),
+        });
+    }))
 }
 
 /// Lays out the job's workspace: overlay layers for a container, a merged

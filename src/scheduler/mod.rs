@@ -297,14 +297,15 @@ async fn run_in(
         .first()
         .and_then(|spec| spec.workspace().map(str::to_owned));
     let ctx = Mutex::new(ctx);
-    let (objects, sources) = {
+    // Hashing sources is blocking work: keep it off the runtime's workers.
+    let (objects, sources) = tokio::task::block_in_place(|| {
         let mut guard = ctx
             .lock()
             .map_err(|_| RunError::Internal("poisoned".into()))?;
         let placed = guard.place_objects(manifest, workspace.as_deref());
         let resolved = guard.resolve_sources(manifest);
-        (placed, resolved)
-    };
+        Ok::<_, RunError>((placed, resolved))
+    })?;
     let mut placed = Vec::new();
     for (object, result) in manifest.objects.iter().zip(objects) {
         match result {
@@ -352,12 +353,12 @@ async fn run_in(
             }
         }
     }
-    let base = {
+    let base = tokio::task::block_in_place(|| {
         let mut guard = ctx
             .lock()
             .map_err(|_| RunError::Internal("poisoned".into()))?;
-        guard.compose_base(&resolved, &placed)?
-    };
+        guard.compose_base(&resolved, &placed)
+    })?;
 
     // 4. Jobs.
     for node in &graph.jobs {
