@@ -122,6 +122,13 @@ fn check_catches_a_job_that_writes_the_time_and_keeps_the_recorded_result() {
         events.contains(r#""type":"job/check""#) && events.contains(r#""outcome":"differs""#),
         "{events}"
     );
+    let shown = project.kiln().args(["show", "2"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("check (kiln run --check): 2 reproducible, 1 NOT reproducible, 0 unchecked")
+            && shown.contains("  stamp: NOT reproducible (2 difference(s))"),
+        "{shown}"
+    );
     project.assert_clean();
 }
 

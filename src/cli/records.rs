@@ -281,9 +281,13 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
     }
     let jobs = store.build_jobs(record.id)?;
     let artifacts = listed_artifacts(&store, record.id)?;
+    let checks = crate::cli::repro::recorded_checks(&store, record.id)?;
     if args.json {
         let mut value = build_json(&record);
         value["jobs"] = jobs.iter().map(job_json).collect();
+        if !checks.is_empty() {
+            value["checks"] = checks.iter().map(|(_, json)| json.clone()).collect();
+        }
         value["artifacts"] = artifacts
             .iter()
             .map(|a| serde_json::json!({"name": a.name, "kind": a.object.kind, "digest": a.object.digest, "size": a.size}))
@@ -336,6 +340,10 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
                 job.message.as_deref().unwrap_or_default()
             ));
         }
+    }
+    if !checks.is_empty() {
+        out.push('\n');
+        out.push_str(&crate::cli::repro::checks_summary(&checks));
     }
     if !artifacts.is_empty() {
         out.push_str(&format!(

@@ -12,8 +12,9 @@ use clap::Args;
 use kiln_store::{JobArtifact, Store};
 
 use crate::cli::records::{BuildSelector, open_existing, resolve_build};
+use crate::events::{Envelope, Event};
 use crate::repro::provenance::{self, is_provenance};
-use crate::repro::{EXIT_NOT_REPRODUCIBLE, compare_artifacts};
+use crate::repro::{CheckOutcome, EXIT_NOT_REPRODUCIBLE, compare_artifacts};
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
@@ -119,4 +120,78 @@ pub fn provenance(dir: &Path, args: ProvenanceArgs) -> anyhow::Result<ExitCode> 
     let mut out = std::io::stdout().lock();
     out.write_all(&bytes).context("writing the provenance")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `job/check` events a `kiln run --check` build recorded: each job's
+/// outcome and the event as JSON.
+pub(crate) fn recorded_checks(
+    store: &Store,
+    build: kiln_store::BuildId,
+) -> anyhow::Result<Vec<(CheckSummary, serde_json::Value)>> {
+    let mut checks = Vec::new();
+    for stored in store.build_events(build)? {
+        if stored.kind != "job/check" {
+            continue;
+        }
+        let Ok(envelope) = serde_json::from_str::<Envelope>(&stored.body) else {
+            continue;
+        };
+        let json = serde_json::to_value(&envelope.event)?;
+        if let Event::JobCheck {
+            job,
+            outcome,
+            output,
+            artifacts,
+            reason,
+            ..
+        } = envelope.event
+        {
+            checks.push((
+                CheckSummary {
+                    job,
+                    outcome,
+                    differences: output.count() + artifacts.count(),
+                    reason,
+                },
+                json,
+            ));
+        }
+    }
+    Ok(checks)
+}
+
+/// One job of a `--check` build, for `kiln show`.
+#[derive(Clone, Debug)]
+pub(crate) struct CheckSummary {
+    pub job: String,
+    pub outcome: CheckOutcome,
+    pub differences: u64,
+    pub reason: Option<String>,
+}
+
+/// `check: 2 reproducible, 1 NOT reproducible, 0 unchecked`, then a line
+/// per job that is not reproducible.
+pub(crate) fn checks_summary(checks: &[(CheckSummary, serde_json::Value)]) -> String {
+    let count = |wanted: CheckOutcome| checks.iter().filter(|(c, _)| c.outcome == wanted).count();
+    let mut text = format!(
+        "check (kiln run --check): {} reproducible, {} NOT reproducible, {} unchecked\n",
+        count(CheckOutcome::Reproducible),
+        count(CheckOutcome::Differs),
+        count(CheckOutcome::Unchecked)
+    );
+    for (check, _) in checks {
+        if check.outcome == CheckOutcome::Differs {
+            text.push_str(&format!(
+                "  {}: NOT reproducible ({} difference(s){})\n",
+                check.job,
+                check.differences,
+                check
+                    .reason
+                    .as_deref()
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    text
 }

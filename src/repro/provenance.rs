@@ -87,6 +87,8 @@ pub fn statement(
         }
         subjects.extend(subjects_of(store, &artifact.name, artifact.object)?);
     }
+    // Jobs finish in any order; the statement lists subjects by name.
+    subjects.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
 
     let mut dependencies: Vec<Resource> = invocation
         .files
@@ -177,6 +179,7 @@ pub fn statement(
         }
     }
 
+    byproducts.sort_by(|a, b| a.name.cmp(&b.name));
     let mut metadata = json!({
         "invocationId": build.0.to_string(),
         "startedOn": rfc3339(record.started),
