@@ -443,16 +443,62 @@ fn pair_entries(a: &Tree, b: &Tree) -> Vec<Paired> {
         .collect()
 }
 
+/// Blobs up to this size are compared in memory; larger ones are spooled
+/// to temporary files and compared block by block, so memory stays bounded.
+const IN_MEMORY_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// The offset of the first byte where two blobs differ; the shorter one's
-/// length when it is a prefix of the other. Reads both blobs whole: the
-/// comparison runs only on blobs whose digests already differ.
+/// length when it is a prefix of the other. Runs only on blobs whose digests
+/// already differ.
 pub fn first_differing_offset(
     store: &Store,
     a: &B3Digest,
     b: &B3Digest,
 ) -> Result<u64, ReproError> {
-    let (a, b) = (store.blob_bytes(a)?, store.blob_bytes(b)?);
-    Ok(first_difference(&a, &b))
+    let larger = store
+        .object_size(ObjectRef::blob(*a))?
+        .max(store.object_size(ObjectRef::blob(*b))?);
+    if larger <= IN_MEMORY_LIMIT {
+        let (a, b) = (store.blob_bytes(a)?, store.blob_bytes(b)?);
+        return Ok(first_difference(&a, &b));
+    }
+    let spool = |digest: &B3Digest| -> Result<std::fs::File, ReproError> {
+        let io = |source| ReproError::Io {
+            path: std::env::temp_dir(),
+            source,
+        };
+        let mut file = tempfile::tempfile().map_err(io)?;
+        store.read_blob(digest, &mut file)?;
+        std::io::Seek::rewind(&mut file).map_err(io)?;
+        Ok(file)
+    };
+    let (file_a, file_b) = (spool(a)?, spool(b)?);
+    first_difference_in(file_a, file_b).map_err(|source| ReproError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })
+}
+
+/// [`first_difference`] over two readers, a block at a time.
+fn first_difference_in(a: impl std::io::Read, b: impl std::io::Read) -> std::io::Result<u64> {
+    use std::io::BufRead;
+    let mut a = std::io::BufReader::with_capacity(1 << 16, a);
+    let mut b = std::io::BufReader::with_capacity(1 << 16, b);
+    let mut offset = 0u64;
+    loop {
+        let (block_a, block_b) = (a.fill_buf()?, b.fill_buf()?);
+        let common = block_a.len().min(block_b.len());
+        if common == 0 {
+            return Ok(offset);
+        }
+        let at = first_difference(&block_a[..common], &block_b[..common]);
+        if at < common as u64 {
+            return Ok(offset + at);
+        }
+        offset += common as u64;
+        a.consume(common);
+        b.consume(common);
+    }
 }
 
 /// The offset of the first differing byte of two byte strings (the shorter
@@ -467,6 +513,35 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_comparison_agrees_with_the_in_memory_one_across_block_edges() {
+        let base: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for at in [0usize, 65_535, 65_536, 65_537, 299_999] {
+            let mut other = base.clone();
+            other[at] ^= 0xff;
+            let streamed = first_difference_in(&base[..], &other[..]).unwrap();
+            assert_eq!(streamed, at as u64);
+            assert_eq!(streamed, first_difference(&base, &other));
+        }
+        assert_eq!(first_difference_in(&base[..], &base[..1000]).unwrap(), 1000);
+        // A reader that hands out a few bytes at a time.
+        let trickle = std::io::Read::chain(&base[..7], &base[7..]);
+        assert_eq!(first_difference_in(trickle, &base[..]).unwrap(), 300_000);
+    }
+
+    #[test]
+    fn large_blobs_are_compared_without_holding_them_in_memory() {
+        let temp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(temp.path().join("store")).unwrap();
+        let roots = store.temp_roots().unwrap();
+        let mut bytes = vec![7u8; (IN_MEMORY_LIMIT + 1000) as usize];
+        let a = store.add_bytes(&bytes, &roots).unwrap().object.digest;
+        let at = IN_MEMORY_LIMIT as usize + 10;
+        bytes[at] = 8;
+        let b = store.add_bytes(&bytes, &roots).unwrap().object.digest;
+        assert_eq!(first_differing_offset(&store, &a, &b).unwrap(), at as u64);
+    }
 
     #[test]
     fn first_difference_finds_the_byte_or_the_shorter_length() {
