@@ -201,3 +201,40 @@ fn the_reproducible_example_passes_check() {
     assert_eq!(check.artifacts(), first.artifacts());
     project.assert_clean();
 }
+
+#[test]
+fn a_rerun_that_fails_where_the_recorded_result_passed_is_not_reproducible() {
+    // The build cache is not part of the key: the second run sees what the
+    // first left there, which is exactly the kind of hidden input --check
+    // is for.
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "build" ];
+  jobs = {
+    once = {
+      stage = "build";
+      caches = [ { key = "seen-v1"; paths = [ "/root/.cache/seen" ]; } ];
+      commands = [ "test ! -e /root/.cache/seen/mark" "touch /root/.cache/seen/mark" "echo ok > ok.txt" ];
+    };
+  };
+}"#,
+    );
+    let first = project.run(&[]);
+    assert_eq!(first.code, 0, "{}", first.describe());
+    let check = project.run(&["--check"]);
+    assert_eq!(check.status("once"), "failed", "{}", check.describe());
+    assert_eq!(check.code, EXIT_NOT_REPRODUCIBLE, "{}", check.describe());
+    let once = check_of(&check, "once");
+    assert_eq!(once["outcome"], "differs", "{once:#}");
+    assert!(
+        once["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the recorded result passed, the rerun failed"),
+        "{once:#}"
+    );
+    // The passing result is still the recorded one.
+    let after = project.run(&[]);
+    assert_eq!(after.status("once"), "cached", "{}", after.describe());
+}
