@@ -42,8 +42,6 @@ pub enum RunError {
     Resolve(#[from] ResolveError),
     #[error(transparent)]
     Driver(#[from] DriverError),
-    #[error(transparent)]
-    Repro(#[from] crate::repro::ReproError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
