@@ -337,3 +337,63 @@ fn every_build_records_a_statement_whose_subjects_and_materials_check_out() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no build 7"));
 }
+
+#[test]
+fn a_build_without_artifacts_attests_its_output_layers_and_one_without_outputs_records_none() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "build" ];
+  jobs = { quiet = { stage = "build"; commands = [ "echo done > done.txt" ]; }; };
+}"#,
+    );
+    let run = project.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let output = project.kiln().args(["provenance", "1"]).output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let statement: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let subjects = statement["subject"].as_array().unwrap();
+    assert_eq!(subjects.len(), 1, "{statement:#}");
+    assert_eq!(subjects[0]["name"], "output layer of job quiet");
+    let layer = run.of_type("job/end")[0]["output_layer"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        format!(
+            "blake3:{}",
+            subjects[0]["digest"]["blake3"].as_str().unwrap()
+        ),
+        layer
+    );
+
+    // A source that cannot be resolved: no job runs, nothing to attest.
+    project.write(
+        "build.kiln",
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  sources = [ { url = "../no-such-repo"; } ];
+  stages = [ "build" ];
+  jobs = { quiet = { stage = "build"; commands = [ "true" ]; }; };
+}"#,
+    );
+    let failed = project.run(&[]);
+    assert_eq!(failed.code, 3, "{}", failed.describe());
+    assert!(
+        !failed.stderr.contains("warning: recording the provenance"),
+        "{}",
+        failed.stderr
+    );
+    let output = project
+        .kiln()
+        .args(["provenance", "last"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("build 2 has no recorded provenance")
+            && stderr.contains("no artifact and no job output"),
+        "{stderr}"
+    );
+}

@@ -111,7 +111,8 @@ pub fn provenance(dir: &Path, args: ProvenanceArgs) -> anyhow::Result<ExitCode> 
             "build {} has no recorded provenance (it is written when a build ends{})",
             record.id,
             if record.status.is_finished() {
-                "; this build was recorded by an older kiln or its curation dropped it"
+                "; this build produced no artifact and no job output, was recorded by an \
+                 older kiln, or its curation dropped it"
             } else {
                 "; this build is still running"
             }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ReproError;
-use crate::events::{Envelope, Event};
+use crate::events::{Envelope, Event, JobStatus};
 
 /// The artifact name the statement is kept under. Manifest artifact names
 /// are workspace-relative, so none can start with `/`.
@@ -108,6 +108,7 @@ pub fn statement(
         })
         .collect();
     let mut byproducts = Vec::new();
+    let mut layers: Vec<(String, B3Digest)> = Vec::new();
     let manifest_dir = invocation.manifest.parent().map(|d| d.to_path_buf());
     for stored in store.build_events(build)? {
         let Ok(envelope) = serde_json::from_str::<Envelope>(&stored.body) else {
@@ -162,21 +163,46 @@ pub fn statement(
             }),
             Event::JobEnd {
                 job,
-                log: Some(log),
+                status,
+                log,
+                output_layer,
                 ..
+            } => {
+                if let Some(log) = log {
+                    byproducts.push(log_resource(&job, log));
+                }
+                if let (JobStatus::Passed, Some(layer)) = (status, output_layer) {
+                    layers.push((job, layer));
+                }
             }
-            | Event::JobCached {
+            Event::JobCached {
                 job,
-                log: Some(log),
+                log,
+                output_layer,
                 ..
-            } => byproducts.push(Resource {
-                name: Some(format!("log of job {job}")),
-                uri: None,
-                digest: BTreeMap::from([("blake3", log.to_hex())]),
-                annotations: BTreeMap::new(),
-            }),
+            } => {
+                if let Some(log) = log {
+                    byproducts.push(log_resource(&job, log));
+                }
+                layers.push((job, output_layer));
+            }
             _ => {}
         }
+    }
+    // A statement needs a subject: a build without artifacts attests the
+    // output layers of its jobs instead (tree digests, no sha256).
+    if subjects.is_empty() {
+        layers.sort();
+        subjects = layers
+            .into_iter()
+            .map(|(job, layer)| {
+                json!({
+                    "name": format!("output layer of job {job}"),
+                    "digest": { "blake3": layer.to_hex() },
+                    "annotations": { "kiln_object": "tree" },
+                })
+            })
+            .collect();
     }
 
     byproducts.sort_by(|a, b| a.name.cmp(&b.name));
@@ -218,19 +244,23 @@ pub fn statement(
 }
 
 /// Records the statement of a finished build: stored as a blob and attached
-/// as [`PROVENANCE_ARTIFACT`]. Returns the blob's digest.
+/// as [`PROVENANCE_ARTIFACT`]. Returns the blob's digest, or `None` for a
+/// build that produced nothing to attest (no artifact, no job output).
 pub fn record(
     store: &mut Store,
     build: BuildId,
     invocation: &Invocation,
-) -> Result<B3Digest, ReproError> {
+) -> Result<Option<B3Digest>, ReproError> {
     let statement = statement(store, build, invocation)?;
+    if statement["subject"].as_array().is_none_or(Vec::is_empty) {
+        return Ok(None);
+    }
     let mut bytes = serde_json::to_vec_pretty(&statement)?;
     bytes.push(b'\n');
     let roots = store.temp_roots()?;
     let digest = store.add_bytes(&bytes, &roots)?.object.digest;
     store.add_artifact(build, PROVENANCE_ARTIFACT, ObjectRef::blob(digest))?;
-    Ok(digest)
+    Ok(Some(digest))
 }
 
 /// The recorded statement of `build`, as stored (pretty JSON).
@@ -282,6 +312,15 @@ fn subjects_of(store: &Store, name: &str, object: ObjectRef) -> Result<Vec<Value
             }))
         })
         .collect()
+}
+
+fn log_resource(job: &str, log: B3Digest) -> Resource {
+    Resource {
+        name: Some(format!("log of job {job}")),
+        uri: None,
+        digest: BTreeMap::from([("blake3", log.to_hex())]),
+        annotations: BTreeMap::new(),
+    }
 }
 
 struct HashWriter(Sha256);
