@@ -7,6 +7,8 @@ pub mod graph;
 pub mod image;
 pub mod layers;
 pub mod offline;
+
+pub mod repro;
 pub mod resolve;
 pub mod sandbox;
 pub mod scheduler;

@@ -14,6 +14,7 @@ pub mod image;
 pub mod manifest;
 pub mod offline;
 pub mod records;
+pub mod repro;
 pub mod run;
 pub mod store;
 
@@ -82,6 +83,11 @@ pub enum Command {
     /// Air-gapped bundles: create one from a build, import one into this store
     #[command(subcommand)]
     Bundle(offline::BundleCommand),
+
+    /// Compare two builds' artifacts: per file, sizes and first differing byte
+    Diff(repro::DiffArgs),
+    /// Print a build's provenance: an in-toto statement with a SLSA v1 predicate
+    Provenance(repro::ProvenanceArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -149,6 +155,12 @@ pub fn main() -> ExitCode {
         }
         Command::Bundle(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| offline::bundle(&dir, command))
+        }
+        Command::Diff(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| repro::diff(&dir, args))
+        }
+        Command::Provenance(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| repro::provenance(&dir, args))
         }
     };
     match result {

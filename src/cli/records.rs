@@ -89,6 +89,19 @@ pub struct PinArgs {
 }
 
 /// Opens the store only if it exists: reading commands never create one.
+pub(crate) fn open_existing(dir: &Path) -> anyhow::Result<Option<Store>> {
+    open(dir)
+}
+
+/// The record of a selected build, or an error naming it.
+pub(crate) fn resolve_build(
+    store: Option<&Store>,
+    selector: BuildSelector,
+) -> anyhow::Result<BuildRecord> {
+    resolve(store, selector)
+}
+
+/// Opens the store only if it exists: reading commands never create one.
 fn open(dir: &Path) -> anyhow::Result<Option<Store>> {
     if !dir.join("index.sqlite").exists() {
         return Ok(None);
@@ -267,10 +280,14 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let jobs = store.build_jobs(record.id)?;
-    let artifacts = store.artifacts(record.id)?;
+    let artifacts = listed_artifacts(&store, record.id)?;
+    let checks = crate::cli::repro::recorded_checks(&store, record.id)?;
     if args.json {
         let mut value = build_json(&record);
         value["jobs"] = jobs.iter().map(job_json).collect();
+        if !checks.is_empty() {
+            value["checks"] = checks.iter().map(|(_, json)| json.clone()).collect();
+        }
         value["artifacts"] = artifacts
             .iter()
             .map(|a| serde_json::json!({"name": a.name, "kind": a.object.kind, "digest": a.object.digest, "size": a.size}))
@@ -323,6 +340,10 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
                 job.message.as_deref().unwrap_or_default()
             ));
         }
+    }
+    if !checks.is_empty() {
+        out.push('\n');
+        out.push_str(&crate::cli::repro::checks_summary(&checks));
     }
     if !artifacts.is_empty() {
         out.push_str(&format!(
@@ -421,7 +442,7 @@ pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
     let store = open(dir)?;
     let record = resolve(store.as_ref(), selector)?;
     let store = store.context("there is no build yet")?;
-    let artifacts = store.artifacts(record.id)?;
+    let artifacts = listed_artifacts(&store, record.id)?;
     if args.json {
         print_json(
             &artifacts
@@ -455,6 +476,15 @@ pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     print!("{}", table(&["NAME", "KIND", "SIZE", "DIGEST"], &rows));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A build's artifacts without its provenance (`kiln provenance` shows it).
+fn listed_artifacts(store: &Store, build: BuildId) -> anyhow::Result<Vec<kiln_store::Artifact>> {
+    Ok(store
+        .artifacts(build)?
+        .into_iter()
+        .filter(|a| !crate::repro::provenance::is_provenance(&a.name))
+        .collect())
 }
 
 fn get_artifact(

@@ -20,6 +20,8 @@ use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
 use crate::driver::{CreateContext, Driver, Stop};
 use crate::events::{LocalBus, LocalOptions};
 use crate::graph::{BuildGraph, KeyInputs};
+use crate::repro::provenance::{Invocation, ManifestFile};
+use crate::repro::{CheckOutcome, EXIT_NOT_REPRODUCIBLE};
 use crate::scheduler::prepare::{DriverSet, StoreCtx};
 use crate::scheduler::{RunOptions, run_build};
 
@@ -51,6 +53,11 @@ pub struct RunArgs {
     /// Refuse to run if anything resolves differently than kiln.lock says
     #[arg(long)]
     pub locked: bool,
+
+    /// Rerun every job even when cached and compare its output layer and
+    /// artifacts with the recorded result (exit 6 when one differs)
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +135,18 @@ fn load_manifest(
     path: &Path,
     raw_args: &[String],
 ) -> anyhow::Result<Result<(Manifest, BuildGraph), ExitCode>> {
+    Ok(load_manifest_files(path, raw_args)?.map(|(manifest, graph, _)| (manifest, graph)))
+}
+
+/// A loaded manifest, its graph, and the files it was read from.
+type LoadedManifest = (Manifest, BuildGraph, Vec<ManifestFile>);
+
+/// [`load_manifest`], also returning the files read (the manifest and its
+/// imports, as read) for the build's provenance.
+fn load_manifest_files(
+    path: &Path,
+    raw_args: &[String],
+) -> anyhow::Result<Result<LoadedManifest, ExitCode>> {
     let options = LoadOptions {
         args: parse_args(raw_args)?,
     };
@@ -139,7 +158,15 @@ fn load_manifest(
         Err(LoadError::Invalid(_)) => return Ok(Err(ExitCode::from(EXIT_MANIFEST))),
     };
     let graph = BuildGraph::compile(&manifest).context("compiling the build graph")?;
-    Ok(Ok((manifest, graph)))
+    let files = loaded
+        .sources
+        .files()
+        .map(|(_, file)| ManifestFile {
+            path: manifest_key(&file.path),
+            bytes: file.text.as_bytes().to_vec(),
+        })
+        .collect();
+    Ok(Ok((manifest, graph, files)))
 }
 
 fn owner_of(manifest: &Manifest) -> String {
@@ -156,7 +183,7 @@ fn manifest_key(path: &Path) -> PathBuf {
 
 pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let path = find_manifest(args.manifest.as_deref())?;
-    let (manifest, graph) = match load_manifest(&path, &args.args)? {
+    let (manifest, graph, files) = match load_manifest_files(&path, &args.args)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -166,10 +193,19 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.locked {
         crate::cli::offline::check_locked(store_dir, &path, &args.args)?;
     }
+
+    let invocation = Invocation {
+        manifest: manifest_key(&path),
+        files,
+        args: parse_args(&args.args)?.into_iter().collect(),
+        no_cache: args.no_cache,
+        check: args.check,
+    };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let options = RunOptions {
         jobs: args.jobs.unwrap_or(cores).max(1),
         no_cache: args.no_cache,
+        check: args.check,
         store_dir: store_dir.to_path_buf(),
         helper: std::env::current_exe().context("locating the kiln binary")?,
         temp_parent: std::env::temp_dir(),
@@ -186,7 +222,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the tokio runtime")?;
     let json = args.json;
-    let status = runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let bus = LocalBus::start(
             store_dir,
             &options.owner,
@@ -198,6 +234,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         )?;
         let (stop_sender, _) = watch::channel(None);
         let signals = watch_signals(stop_sender.clone())?;
+        let build = kiln_store::BuildId(bus.build());
         let outcome = run_build(&manifest, graph, options, bus.emitter(), stop_sender).await;
         signals.abort();
         let finished = bus.finish().await;
@@ -205,9 +242,51 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         if let Err(error) = finished {
             eprintln!("warning: recording the build: {error}");
         }
-        anyhow::Ok(outcome.status)
+        anyhow::Ok((build, outcome))
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    let (build, outcome) = outcome;
+    if let Err(error) = Store::open(store_dir)
+        .map_err(crate::repro::ReproError::from)
+        .and_then(|mut store| crate::repro::provenance::record(&mut store, build, &invocation))
+    {
+        eprintln!("warning: recording the provenance of build {build}: {error}");
+    }
+    let status = outcome.status;
+    if args.check {
+        let count = |wanted: CheckOutcome| {
+            outcome
+                .checks
+                .iter()
+                .filter(|(_, outcome)| *outcome == wanted)
+                .count()
+        };
+        let differs: Vec<&str> = outcome
+            .checks
+            .iter()
+            .filter(|(_, outcome)| *outcome == CheckOutcome::Differs)
+            .map(|(job, _)| job.as_str())
+            .collect();
+        eprintln!(
+            "check: {} job(s) reproducible, {} NOT reproducible{}, {} unchecked",
+            count(CheckOutcome::Reproducible),
+            differs.len(),
+            if differs.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", differs.join(", "))
+            },
+            count(CheckOutcome::Unchecked)
+        );
+        if !differs.is_empty()
+            && matches!(
+                status,
+                BuildStatus::Passed | BuildStatus::PassedWithFailures | BuildStatus::Failed
+            )
+        {
+            return Ok(ExitCode::from(EXIT_NOT_REPRODUCIBLE));
+        }
+    }
     Ok(ExitCode::from(match status {
         BuildStatus::Passed | BuildStatus::PassedWithFailures => 0,
         BuildStatus::Killed => EXIT_BUILD_KILLED,

@@ -86,8 +86,47 @@ pub fn plain_line(event: &Event, quiet: bool) -> Option<String> {
         Event::BuildStatusChanged { status } if status.is_finished() => {
             format!("build {}", build_status_label(*status))
         }
+        Event::JobCheck {
+            job,
+            outcome,
+            output,
+            artifacts,
+            reason,
+            ..
+        } => check_lines(job, *outcome, output, artifacts, reason.as_deref()),
         _ => return None,
     })
+}
+
+/// `job stamp: NOT reproducible: 1 path differs`, then one indented line
+/// per difference (output layer first, then artifacts).
+fn check_lines(
+    job: &str,
+    outcome: crate::repro::CheckOutcome,
+    output: &crate::repro::Comparison,
+    artifacts: &crate::repro::Comparison,
+    reason: Option<&str>,
+) -> String {
+    let mut text = format!("job {job}: {}", outcome.label());
+    if let Some(reason) = reason {
+        text.push_str(&format!(" ({reason})"));
+    }
+    for (what, comparison) in [("output layer", output), ("artifacts", artifacts)] {
+        if comparison.is_identical() {
+            continue;
+        }
+        text.push_str(&format!(
+            "\n    {what}: {} difference(s)",
+            comparison.count()
+        ));
+        for difference in &comparison.differences {
+            text.push_str(&format!("\n      {difference}"));
+        }
+        if comparison.omitted > 0 {
+            text.push_str(&format!("\n      ... and {} more", comparison.omitted));
+        }
+    }
+    text
 }
 
 /// `850ms`, `1.2s`, `2m03s`.
@@ -339,7 +378,7 @@ impl Interceptor for LiveConsole {
                     self.println(&line)?;
                 }
             }
-            Event::Warning { .. } => {
+            Event::Warning { .. } | Event::JobCheck { .. } => {
                 if let Some(line) = plain_line(&envelope.event, false) {
                     self.println(&line)?;
                 }

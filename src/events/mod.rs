@@ -159,6 +159,34 @@ pub enum Event {
     },
     #[serde(rename = "driver/destroyed")]
     DriverDestroyed { driver: String },
+    /// `kiln run --check`: a rerun job compared with its recorded result
+    /// (same key). `output` lists differing paths of the output layer
+    /// (workspace paths), `artifacts` those of its artifacts (`NAME/path`).
+    #[serde(rename = "job/check")]
+    JobCheck {
+        job: String,
+        stage: String,
+        outcome: crate::repro::CheckOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<B3Digest>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recorded_output_layer: Option<B3Digest>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_output_layer: Option<B3Digest>,
+        #[serde(
+            default,
+            skip_serializing_if = "crate::repro::Comparison::is_identical"
+        )]
+        output: crate::repro::Comparison,
+        #[serde(
+            default,
+            skip_serializing_if = "crate::repro::Comparison::is_identical"
+        )]
+        artifacts: crate::repro::Comparison,
+        /// Why a job is unchecked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// Derived by a handler: the build's recorded status changed.
     #[serde(rename = "build/status")]
     BuildStatusChanged { status: BuildStatus },
@@ -194,6 +222,7 @@ impl Event {
         "stage/end",
         "build/end",
         "driver/destroyed",
+        "job/check",
         "build/status",
         "warning",
     ];
@@ -220,6 +249,7 @@ impl Event {
             Event::StageEnd { .. } => "stage/end",
             Event::BuildEnd { .. } => "build/end",
             Event::DriverDestroyed { .. } => "driver/destroyed",
+            Event::JobCheck { .. } => "job/check",
             Event::BuildStatusChanged { .. } => "build/status",
             Event::Warning { .. } => "warning",
         }
@@ -236,7 +266,8 @@ impl Event {
             | Event::JobSkipped { job, .. }
             | Event::ArtifactSaved { job, .. }
             | Event::CacheRestored { job, .. }
-            | Event::CacheSaved { job, .. } => Some(job),
+            | Event::CacheSaved { job, .. }
+            | Event::JobCheck { job, .. } => Some(job),
             Event::Warning { job, .. } => job.as_deref(),
             _ => None,
         }
@@ -488,6 +519,29 @@ mod tests {
                 duration_ms: 0,
             },
             Event::DriverDestroyed { driver: "d".into() },
+            Event::JobCheck {
+                job: "j".into(),
+                stage: "s".into(),
+                outcome: crate::repro::CheckOutcome::Differs,
+                key: Some(digest),
+                recorded_output_layer: Some(digest),
+                new_output_layer: Some(digest),
+                output: crate::repro::Comparison {
+                    differences: vec![crate::repro::Difference {
+                        path: "stamp".into(),
+                        change: crate::repro::Change::Content,
+                        recorded_kind: None,
+                        new_kind: None,
+                        recorded_size: Some(20),
+                        new_size: Some(20),
+                        first_differing_offset: Some(12),
+                        detail: None,
+                    }],
+                    omitted: 0,
+                },
+                artifacts: Default::default(),
+                reason: None,
+            },
             Event::BuildStatusChanged {
                 status: BuildStatus::Failed,
             },

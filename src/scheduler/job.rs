@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use kiln_store::{B3Digest, JobArtifact, Node};
+use kiln_store::{B3Digest, JobArtifact, JobResult, Node};
 
 use super::{JobDone, RunError, Shared, caches};
 use crate::driver::{Driver, JobEnd, JobRun, LineSink, Workspace};
 use crate::events::{Event, JobStatus};
 use crate::layers::{self};
+use crate::repro::{CheckOutcome, Comparison};
 
 const PASSED: &str = "passed";
 
@@ -46,7 +47,10 @@ pub(crate) async fn run_job(
     let cacheable = driver.cacheable() && !node.job.network;
     let inputs_json = serde_json::to_value(&inputs).ok();
 
-    if cacheable && !shared.options.no_cache {
+    // `--check` looks the result up too, but only to compare with it.
+    let checking = shared.options.check;
+    let mut recorded: Option<JobResult> = None;
+    if cacheable && (checking || !shared.options.no_cache) {
         let found = shared
             .blocking(move |ctx, _| {
                 let result = ctx.store.lookup_job_result(&key)?;
@@ -58,7 +62,10 @@ pub(crate) async fn run_job(
                 Ok(result)
             })
             .await?;
-        if let Some(result) = found.filter(|result| result.status == PASSED) {
+        let found = found.filter(|result| result.status == PASSED);
+        if checking {
+            recorded = found;
+        } else if let Some(result) = found {
             emitter.emit(Event::JobCached {
                 job: name.clone(),
                 stage: stage.clone(),
@@ -199,7 +206,9 @@ pub(crate) async fn run_job(
         ),
     };
     let artifacts_spec = node.job.artifacts.clone();
-    let record = cacheable;
+    // `--check` keeps the first recorded result.
+    let record = cacheable && recorded.is_none();
+    let recorded_for_check = recorded.clone();
     let finish_dir = job_dir.clone();
     let caches_to_save = caches.clone();
     let finished = shared
@@ -249,11 +258,20 @@ pub(crate) async fn run_job(
             } else {
                 Vec::new()
             };
+            let compared = match (&end, output, &recorded_for_check) {
+                (JobEnd::Passed, Some(output), Some(recorded)) => Some(
+                    crate::repro::compare::compare_job_result(
+                        &ctx.store, recorded, output, &artifacts,
+                    )
+                    .map_err(|error| error.to_string()),
+                ),
+                _ => None,
+            };
             let _ = std::fs::remove_dir_all(&finish_dir);
-            Ok((end, output, log, artifacts, saved))
+            Ok((end, output, log, artifacts, saved, compared))
         })
         .await;
-    let (end, output, log, artifacts, saved) = match finished {
+    let (end, output, log, artifacts, saved, compared) = match finished {
         Ok(finished) => finished,
         Err(error) => {
             let _ = std::fs::remove_dir_all(&job_dir);
@@ -263,6 +281,7 @@ pub(crate) async fn run_job(
                 None,
                 Vec::new(),
                 Vec::new(),
+                None,
             )
         }
     };
@@ -299,9 +318,19 @@ pub(crate) async fn run_job(
             });
         }
     }
+    let check = checking.then(|| {
+        check_event(
+            cacheable,
+            recorded.as_ref(),
+            status,
+            message.as_deref(),
+            output,
+            compared,
+        )
+    });
     emitter.emit(Event::JobEnd {
-        job: name,
-        stage,
+        job: name.clone(),
+        stage: stage.clone(),
         status,
         duration_ms: started.elapsed().as_millis() as u64,
         exit_code: None,
@@ -309,7 +338,89 @@ pub(crate) async fn run_job(
         output_layer: output,
         message,
     });
+    let mut output = output;
+    if let Some(check) = check {
+        if let Ok(mut checks) = shared.checks.lock() {
+            checks.push((name.clone(), check.outcome));
+        }
+        emitter.emit(Event::JobCheck {
+            job: name,
+            stage,
+            outcome: check.outcome,
+            key: cacheable.then_some(key),
+            recorded_output_layer: recorded.as_ref().map(|r| r.output_layer),
+            new_output_layer: output,
+            output: check.output,
+            artifacts: check.artifacts,
+            reason: check.reason,
+        });
+        // Dependents are checked against the inputs their recorded results
+        // had: the recorded output, not the rerun's.
+        if let (JobStatus::Passed, Some(recorded)) = (status, &recorded) {
+            output = Some(recorded.output_layer);
+        }
+    }
     Ok(JobDone { status, output })
+}
+
+/// What `--check` says about one job.
+struct CheckFinding {
+    outcome: CheckOutcome,
+    output: Comparison,
+    artifacts: Comparison,
+    reason: Option<String>,
+}
+
+fn check_event(
+    cacheable: bool,
+    recorded: Option<&JobResult>,
+    status: JobStatus,
+    message: Option<&str>,
+    output: Option<B3Digest>,
+    compared: Option<Result<(Comparison, Comparison), String>>,
+) -> CheckFinding {
+    let unchecked = |reason: String| CheckFinding {
+        outcome: CheckOutcome::Unchecked,
+        output: Comparison::default(),
+        artifacts: Comparison::default(),
+        reason: Some(reason),
+    };
+    if !cacheable {
+        return unchecked(
+            "never cached (host driver or network = true): nothing recorded to compare".into(),
+        );
+    }
+    let Some(_) = recorded else {
+        return unchecked(match status {
+            JobStatus::Passed => "no recorded result: this run is now the recorded one".into(),
+            other => format!("no recorded result, and the run {}", other.label()),
+        });
+    };
+    match (status, compared) {
+        (JobStatus::Passed, Some(Ok((output, artifacts)))) => CheckFinding {
+            outcome: if output.is_identical() && artifacts.is_identical() {
+                CheckOutcome::Reproducible
+            } else {
+                CheckOutcome::Differs
+            },
+            output,
+            artifacts,
+            reason: None,
+        },
+        (JobStatus::Passed, Some(Err(error))) => unchecked(format!("comparison failed: {error}")),
+        (JobStatus::Passed, None) if output.is_none() => unchecked("no output layer".into()),
+        (JobStatus::Passed, None) => unchecked("not compared".into()),
+        (JobStatus::Failed, _) => CheckFinding {
+            outcome: CheckOutcome::Differs,
+            output: Comparison::default(),
+            artifacts: Comparison::default(),
+            reason: Some(format!(
+                "the recorded result passed, the rerun failed{}",
+                message.map(|m| format!(": {m}")).unwrap_or_default()
+            )),
+        },
+        (other, _) => unchecked(format!("the rerun was {}", other.label())),
+    }
 }
 
 /// Emits each output line of `job` as a `job/output` event.

@@ -59,6 +59,9 @@ pub struct RunOptions {
     pub jobs: usize,
     /// Run every job, even those with a cached result.
     pub no_cache: bool,
+    /// `--check`: rerun every cacheable job that has a recorded result and
+    /// compare (`job/check`); the recorded result is kept.
+    pub check: bool,
     pub store_dir: PathBuf,
     /// The kiln binary (the sandbox helper).
     pub helper: PathBuf,
@@ -75,6 +78,8 @@ pub struct BuildOutcome {
     pub status: BuildStatus,
     /// Per job, graph order.
     pub jobs: Vec<(String, JobStatus)>,
+    /// With `check`: each compared job's outcome, in the order they ended.
+    pub checks: Vec<(String, crate::repro::CheckOutcome)>,
 }
 
 /// Shared by the job tasks of one build.
@@ -91,6 +96,8 @@ pub(crate) struct Shared {
     pub stop: watch::Receiver<Option<Stop>>,
     /// Set once the build stops taking up new jobs (a failed stage).
     pub halted: std::sync::atomic::AtomicBool,
+    /// What `--check` found, per job.
+    pub checks: Arc<Mutex<Vec<(String, crate::repro::CheckOutcome)>>>,
 }
 
 impl Shared {
@@ -159,6 +166,7 @@ pub async fn run_build(
         });
     }
     let stop = stop_sender.subscribe();
+    let checks = Arc::new(Mutex::new(Vec::new()));
     let result = run_in(
         manifest,
         graph,
@@ -166,6 +174,7 @@ pub async fn run_build(
         &emitter,
         stop,
         temp.path().to_path_buf(),
+        Arc::clone(&checks),
     )
     .await;
     let (status, jobs, drivers) = match result {
@@ -192,7 +201,15 @@ pub async fn run_build(
             message: format!("cannot remove {}: {error}", temp_path.display()),
         });
     }
-    Ok(BuildOutcome { status, jobs })
+    let checks = checks
+        .lock()
+        .map(|mut checks| std::mem::take(&mut *checks))
+        .unwrap_or_default();
+    Ok(BuildOutcome {
+        status,
+        jobs,
+        checks,
+    })
 }
 
 type Finished = (BuildStatus, Vec<(String, JobStatus)>, Vec<String>);
@@ -204,6 +221,7 @@ async fn run_in(
     emitter: &Emitter,
     mut stop: watch::Receiver<Option<Stop>>,
     temp: PathBuf,
+    checks: Arc<Mutex<Vec<(String, crate::repro::CheckOutcome)>>>,
 ) -> Result<Finished, RunError> {
     let layers_dir = temp.join("layers");
     let jobs_dir = temp.join("jobs");
@@ -365,6 +383,7 @@ async fn run_in(
         slots: Semaphore::new(parallel),
         stop: stop.clone(),
         halted: std::sync::atomic::AtomicBool::new(false),
+        checks,
         graph,
     });
     let count = shared.graph.jobs.len();
