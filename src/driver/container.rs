@@ -167,16 +167,7 @@ impl ContainerDriver {
         let _ = child.wait().await;
         output.finish().await;
         run.clean_up_after_kill(pid);
-        let end = match stopped {
-            Stop::TimedOut => {
-                append_log(&log, "kiln: the job timed out and was killed\n");
-                JobEnd::TimedOut
-            }
-            Stop::Killed => {
-                append_log(&log, "kiln: the build was killed\n");
-                JobEnd::Killed
-            }
-        };
+        let end = stopped.end_job(&log);
         RunOutcome { end, log }
     }
 }

@@ -75,16 +75,7 @@ impl HostDriver {
         let _ = child.start_kill();
         let _ = child.wait().await;
         output.finish().await;
-        let end = match stopped {
-            Stop::TimedOut => {
-                append_log(&log, "kiln: the job timed out and was killed\n");
-                JobEnd::TimedOut
-            }
-            Stop::Killed => {
-                append_log(&log, "kiln: the build was killed\n");
-                JobEnd::Killed
-            }
-        };
+        let end = stopped.end_job(&log);
         RunOutcome { end, log }
     }
 }

@@ -58,6 +58,22 @@ pub enum Stop {
     TimedOut,
 }
 
+impl Stop {
+    /// How a job stopped for this reason ends, said in its log too.
+    pub fn end_job(self, log: &std::path::Path) -> JobEnd {
+        match self {
+            Stop::TimedOut => {
+                container::append_log(log, "kiln: the job timed out and was killed\n");
+                JobEnd::TimedOut
+            }
+            Stop::Killed => {
+                container::append_log(log, "kiln: the build was killed\n");
+                JobEnd::Killed
+            }
+        }
+    }
+}
+
 /// How one job ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobEnd {
