@@ -144,7 +144,9 @@ fn sigkill_at_any_moment_loses_nothing_committed() {
     make_tree(&mut rng, &probe);
     let started = Instant::now();
     must(&store, &["add", probe.to_str().unwrap(), "--name", "probe"]);
-    let op_time = started.elapsed().max(Duration::from_millis(20));
+    // A first guess; the loop recalibrates it, since operations get faster
+    // (warm caches) or slower (a loaded machine) as it runs.
+    let mut op_time = started.elapsed().max(Duration::from_millis(20));
 
     // What committed operations promised: root name → digest.
     let mut committed: BTreeMap<String, String> = roots(&store);
@@ -183,8 +185,14 @@ fn sigkill_at_any_moment_loses_nothing_committed() {
                 run_and_kill(&store, &["import", bundle.to_str().unwrap()], delay)
             }
         };
-        if !finished {
+        // Aim the next kill: an operation that finished first means the
+        // window is too wide, a kill that landed means it may widen a bit.
+        // This keeps about half the kills mid-operation at any speed.
+        if finished {
+            op_time = (op_time * 3 / 4).max(Duration::from_millis(1));
+        } else {
             kills += 1;
+            op_time = op_time * 9 / 8;
         }
         // Repair, then a second check must find nothing.
         let repair = kiln(&store, &["fsck", "--repair"]).output().unwrap();
