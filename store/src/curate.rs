@@ -115,7 +115,7 @@ impl Store {
             }
         }
         let chunks: Vec<(B3Digest, i64, bool)> = tx
-            .prepare("SELECT digest, stored, data IS NOT NULL FROM chunks")?
+            .prepare("SELECT digest, stored, EXISTS (SELECT 1 FROM chunk_data d WHERE d.digest = chunks.digest) FROM chunks")?
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         for (digest, stored, inline) in chunks {
@@ -170,7 +170,7 @@ impl Store {
             }
         }
         let doomed: Vec<(B3Digest, i64, bool)> = tx
-            .prepare("SELECT digest, stored, data IS NOT NULL FROM chunks WHERE refs <= 0")?
+            .prepare("SELECT digest, stored, EXISTS (SELECT 1 FROM chunk_data d WHERE d.digest = chunks.digest) FROM chunks WHERE refs <= 0")?
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         tx.execute("DELETE FROM chunks WHERE refs <= 0", [])?;

@@ -68,7 +68,7 @@ impl Store {
         // Chunks: every row has a file that decompresses and hashes right.
         let chunk_rows: Vec<(B3Digest, i64, bool)> = self
             .conn
-            .prepare("SELECT digest, size, data IS NOT NULL FROM chunks")?
+            .prepare("SELECT digest, size, EXISTS (SELECT 1 FROM chunk_data d WHERE d.digest = chunks.digest) FROM chunks")?
             .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         if let Some(progress) = options.progress {

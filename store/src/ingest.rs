@@ -160,6 +160,7 @@ impl Store {
                 &self.conn,
                 &*self.chunks,
                 &self.params,
+                digest,
                 bytes,
                 &written,
             )?)
@@ -369,7 +370,7 @@ fn ingest_file(
     let chunks = if has_blob(conn, &digest)? {
         None
     } else {
-        Some(chunk_bytes(conn, store, params, buffer, written)?)
+        Some(chunk_bytes(conn, store, params, digest, buffer, written)?)
     };
     Ok(FileOutcome {
         index,
@@ -392,21 +393,18 @@ fn read_exact_size(path: &Path, size: u64, data: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// `digest` is the blob's, the hash of all of `data`: a blob of one chunk
+/// shares it with its chunk, so small files are hashed once, not twice.
 fn chunk_bytes(
     conn: &Connection,
     store: &dyn ChunkStore,
     params: &ChunkerParams,
+    digest: B3Digest,
     data: &[u8],
     written: &Mutex<HashMap<B3Digest, u64>>,
 ) -> Result<Vec<ChunkInfo>> {
     if data.len() as u64 <= params.single_chunk_max {
-        return Ok(vec![store_chunk(
-            conn,
-            store,
-            B3Digest::of(data),
-            data,
-            written,
-        )?]);
+        return Ok(vec![store_chunk(conn, store, digest, data, written)?]);
     }
     params
         .cut(data)

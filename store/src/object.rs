@@ -200,13 +200,13 @@ pub(crate) fn read_chunk_encoded(
     store: &dyn crate::chunks::ChunkStore,
     digest: &B3Digest,
 ) -> Result<Vec<u8>> {
-    let data: Option<Option<Vec<u8>>> = conn
-        .prepare_cached("SELECT data FROM chunks WHERE digest = ?1")?
+    let data: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT data FROM chunk_data WHERE digest = ?1")?
         .query_row([digest], |row| row.get(0))
         .optional()?;
     match data {
-        Some(Some(inline)) => Ok(inline),
-        _ => store.get_encoded(digest),
+        Some(inline) => Ok(inline),
+        None => store.get_encoded(digest),
     }
 }
 
@@ -226,10 +226,15 @@ pub(crate) fn insert_chunk(
     stored: u64,
     inline: Option<&[u8]>,
 ) -> Result<()> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO chunks(digest, size, stored, refs, data) VALUES (?1, ?2, ?3, 0, ?4)",
-    )?
-    .execute(params![digest, size as i64, stored as i64, inline])?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO chunks(digest, size, stored, refs) VALUES (?1, ?2, ?3, 0)",
+        )?
+        .execute(params![digest, size as i64, stored as i64])?;
+    if let (1, Some(data)) = (inserted, inline) {
+        conn.prepare_cached("INSERT OR IGNORE INTO chunk_data(digest, data) VALUES (?1, ?2)")?
+            .execute(params![digest, data])?;
+    }
     Ok(())
 }
 

@@ -156,7 +156,38 @@ CREATE TABLE key_history(
 ) WITHOUT ROWID;
 "#;
 
-pub const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2)];
+/// Version 3: inline chunk bytes move out of `chunks` into `chunk_data`.
+/// `chunks` is a WITHOUT ROWID table, so its rows are its b-tree keys: with
+/// up to 16 KiB of data in a row, every lookup on the way down read each
+/// compared key's overflow pages, and every reference count update rewrote
+/// them. `chunk_data` is a rowid table (its digest index holds only
+/// digests), and rows that never change.
+const V3: &str = r#"
+CREATE TABLE chunk_data(
+    digest BLOB PRIMARY KEY,
+    data BLOB NOT NULL
+);
+INSERT INTO chunk_data(digest, data) SELECT digest, data FROM chunks WHERE data IS NOT NULL;
+
+CREATE TABLE chunks_v2(
+    digest BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    stored INTEGER NOT NULL,
+    refs INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+INSERT INTO chunks_v2(digest, size, stored, refs) SELECT digest, size, stored, refs FROM chunks;
+DROP TABLE chunks;
+ALTER TABLE chunks_v2 RENAME TO chunks;
+CREATE INDEX chunks_unreferenced ON chunks(digest) WHERE refs <= 0;
+
+-- Whoever deletes a chunk row (gc, curate, fsck) deletes its bytes with it.
+CREATE TRIGGER chunks_delete_data AFTER DELETE ON chunks
+BEGIN
+    DELETE FROM chunk_data WHERE digest = old.digest;
+END;
+"#;
+
+pub const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3)];
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::from_slice(MIGRATIONS)
@@ -167,8 +198,53 @@ pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::Connection;
+    use rusqlite_migration::Migrations;
+
     #[test]
     fn migrations_are_valid() {
         super::migrations().validate().unwrap();
+    }
+
+    /// A version 1 index keeps its inline chunks, and deleting a chunk
+    /// afterwards deletes its bytes.
+    #[test]
+    fn version_1_inline_chunks_move_to_chunk_data() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        Migrations::from_slice(&super::MIGRATIONS[..1])
+            .to_latest(&mut conn)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO chunks(digest, size, stored, refs, data) VALUES (x'01', 5, 3, 1, x'aabbcc');
+             INSERT INTO chunks(digest, size, stored, refs, data) VALUES (x'02', 9, 7, 0, NULL);",
+        )
+        .unwrap();
+        super::migrations().to_latest(&mut conn).unwrap();
+        type Row = (Vec<u8>, i64, i64, i64, Option<Vec<u8>>);
+        let rows: Vec<Row> = conn
+            .prepare(
+                "SELECT c.digest, c.size, c.stored, c.refs, d.data FROM chunks c \
+                 LEFT JOIN chunk_data d ON d.digest = c.digest ORDER BY c.digest",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (vec![1], 5, 3, 1, Some(vec![0xaa, 0xbb, 0xcc])),
+                (vec![2], 9, 7, 0, None),
+            ]
+        );
+        conn.execute("DELETE FROM chunks WHERE digest = x'01'", [])
+            .unwrap();
+        let left: i64 = conn
+            .query_row("SELECT COUNT(*) FROM chunk_data", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

@@ -881,7 +881,7 @@ fn small_chunks_live_in_the_index_and_are_checked_there() {
     );
     let tampered = zstd::bulk::compress(b"something else entirely", 1).unwrap();
     index(&f.dir)
-        .execute("UPDATE chunks SET data = ?1", [tampered])
+        .execute("UPDATE chunk_data SET data = ?1", [tampered])
         .unwrap();
     let report = f.store.fsck(&FsckOptions::default()).unwrap();
     let text: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();

@@ -175,11 +175,22 @@ fn a_version_1_store_is_migrated_and_keeps_its_builds() {
         let build = store.create_build("old").unwrap();
         store.set_build_status(build, BuildStatus::Passed).unwrap();
     }
-    // Turn the index back into what a version-1 kiln wrote.
+    // Turn the index back into what a version-1 kiln wrote: undo version 3
+    // (inline chunk bytes back in `chunks`), then version 2 (build records).
     {
         let conn = rusqlite::Connection::open(dir.path().join("index.sqlite")).unwrap();
         conn.execute_batch(
-            "DROP TABLE build_jobs; DROP TABLE events; DROP TABLE key_history;
+            "DROP TRIGGER chunks_delete_data;
+             CREATE TABLE chunks_v1(
+                 digest BLOB PRIMARY KEY, size INTEGER NOT NULL,
+                 stored INTEGER NOT NULL, refs INTEGER NOT NULL DEFAULT 0, data BLOB
+             ) WITHOUT ROWID;
+             INSERT INTO chunks_v1 SELECT c.digest, c.size, c.stored, c.refs, d.data
+                 FROM chunks c LEFT JOIN chunk_data d ON d.digest = c.digest;
+             DROP TABLE chunks; DROP TABLE chunk_data;
+             ALTER TABLE chunks_v1 RENAME TO chunks;
+             CREATE INDEX chunks_unreferenced ON chunks(digest) WHERE refs <= 0;
+             DROP TABLE build_jobs; DROP TABLE events; DROP TABLE key_history;
              ALTER TABLE builds DROP COLUMN manifest;
              ALTER TABLE builds DROP COLUMN pid;
              ALTER TABLE builds DROP COLUMN host;
