@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::Value;
-use support::{Project, Run};
+use support::{Project, Run, copy_dir};
 
 const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello");
 const EXIT_NOT_REPRODUCIBLE: i32 = 6;
@@ -30,19 +30,6 @@ fn check_of<'a>(run: &'a Run, job: &str) -> &'a Value {
         .into_iter()
         .find(|e| e["job"] == job)
         .unwrap_or_else(|| panic!("no job/check for {job}: {}", run.describe()))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 #[test]

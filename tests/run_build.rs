@@ -6,22 +6,9 @@ mod support;
 
 use std::path::Path;
 
-use support::{Project, restore};
+use support::{Project, copy_dir, restore};
 
 const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello");
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 #[test]
 fn the_example_passes_then_every_job_is_cached_with_identical_artifacts() {

@@ -158,3 +158,17 @@ pub fn restore(store: &Path, digest: &str, target: &Path) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Copies a directory tree (an example project into a test's own dir).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
