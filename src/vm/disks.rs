@@ -69,19 +69,7 @@ pub fn make_ext4(source: &Path, image: &Path) -> Result<(), VmError> {
     fs::File::create(image)
         .and_then(|file| file.set_len(size))
         .map_err(|e| disk_error(image, e))?;
-    let output = Command::new("mke2fs")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal",
-        ])
+    let output = mke2fs()
         .arg("-N")
         .arg((inodes * 2 + 1024).to_string())
         .arg("-d")
@@ -299,19 +287,7 @@ pub fn create_scratch_disk(run_dir: &Path, limit_mib: u32) -> Result<PathBuf, Vm
         .map_err(|e| disk_error(&path, e))?;
     // Lazy inode tables: the guest mounts with noinit_itable, so nobody
     // zeroes them; a fresh sparse file reads as zeros anyway.
-    let output = Command::new("mke2fs")
-        .args([
-            "-q",
-            "-F",
-            "-t",
-            "ext4",
-            "-b",
-            "4096",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal",
-        ])
+    let output = mke2fs()
         .args(["-E", "lazy_itable_init=1"])
         .arg(&path)
         .output()
@@ -460,6 +436,26 @@ fn upper_relative(name: &str) -> Option<PathBuf> {
         .components()
         .all(|component| matches!(component, Component::Normal(_)))
         .then(|| relative.to_path_buf())
+}
+
+/// `mke2fs` with the settings every kiln disk shares: ext4, 4 KiB blocks,
+/// no reserved blocks, and no journal (a disk lives for one job, or is
+/// attached read-only, so a journal only costs writes).
+fn mke2fs() -> Command {
+    let mut command = Command::new("mke2fs");
+    command.args([
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal",
+    ]);
+    command
 }
 
 #[cfg(test)]
