@@ -18,14 +18,16 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
+  # Wait for another apt or dpkg run to let go of its lock instead of failing.
+  lock=(-o DPkg::Lock::Timeout=900)
+  $sudo apt-get "${lock[@]}" update -qq
   # Some images carry a newer qemu-utils (from backports) that conflicts with
   # Debian's qemu-system-x86; take both from the release.
   extra=()
   if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]] && dpkg -s qemu-utils >/dev/null 2>&1; then
     extra=(--allow-downgrades "qemu-utils/$(. /etc/os-release && echo "$VERSION_CODENAME")")
   fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" "${extra[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get "${lock[@]}" install -y -qq --no-install-recommends "${missing[@]}" "${extra[@]}"
 fi
 
 cargo fmt --all -- --check
