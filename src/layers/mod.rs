@@ -147,6 +147,21 @@ pub fn merged_view(
     Ok(view)
 }
 
+/// The tree of `merged_view(base, layers)`, stored: a plain directory tree
+/// with every whiteout applied (the empty tree when nothing is left).
+pub fn merged_tree(
+    store: &mut Store,
+    roots: &TempRoots,
+    base: &B3Digest,
+    layers: &[B3Digest],
+) -> Result<B3Digest, LayerError> {
+    let view = merged_view(store, base, layers)?;
+    match view.write(store, roots)? {
+        Node::Directory { digest, .. } => Ok(digest),
+        _ => empty_tree(store, roots),
+    }
+}
+
 /// Collects the declared artifacts from a merged view. A file or directory
 /// is saved under its name; each match of a glob is saved under
 /// `NAME/<its path in the workspace>`. A missing non-glob artifact, or a

@@ -412,12 +412,34 @@ fn mount_binds(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
     Ok(())
 }
 
-fn mount_workspace(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
-    let lower = if plan.workspace_lower.is_empty() {
-        vec![PathBuf::from(EMPTY_LAYER)]
-    } else {
-        plan.workspace_lower.iter().map(|l| on_host(l)).collect()
+/// The workspace's lower layers as `mount(2)` names them. The option
+/// string is limited to one page, so when every layer lies in one
+/// directory (the build's layer cache) the mount is made from inside it
+/// with bare names: a few dozen layers fit whatever the directory's path.
+fn workspace_lowerdirs(sys: &mut impl Sys, plan: &Plan) -> Result<Vec<PathBuf>, SandboxError> {
+    let layers = &plan.workspace_lower;
+    if layers.is_empty() {
+        return Ok(vec![PathBuf::from(EMPTY_LAYER)]);
+    }
+    let parent = layers[0].parent();
+    let bare = |layer: &PathBuf| {
+        let name = layer.file_name()?.to_str()?;
+        let plain = !name.contains([',', ':', '\\']);
+        (layer.parent() == parent && plain).then(|| PathBuf::from(name))
     };
+    match (parent, layers.iter().map(bare).collect::<Option<Vec<_>>>()) {
+        (Some(parent), Some(names)) if layers.len() > 1 => {
+            let dir = on_host(parent);
+            sys.chdir(&dir)
+                .map_err(|source| SandboxError::Chdir { path: dir, source })?;
+            Ok(names)
+        }
+        _ => Ok(layers.iter().map(|l| on_host(l)).collect()),
+    }
+}
+
+fn mount_workspace(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
+    let lower = workspace_lowerdirs(sys, plan)?;
     // `volatile`: no syncfs of the upper filesystem when the overlay goes
     // away. Without it every job's end flushes the whole host filesystem
     // holding the upper dir (a disk cache flush, plus other programs' dirty
@@ -439,7 +461,12 @@ fn mount_workspace(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> 
         &inside(NEW_ROOT, &plan.workspace_path),
         MsFlags::empty(),
         options,
-    )
+    )?;
+    sys.chdir(Path::new("/"))
+        .map_err(|source| SandboxError::Chdir {
+            path: "/".into(),
+            source,
+        })
 }
 
 fn mount_kernel_filesystems(

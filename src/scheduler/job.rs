@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use kiln_store::{B3Digest, JobArtifact, JobResult, Node};
+use kiln_store::{B3Digest, JobArtifact, JobResult};
 
 use super::{JobDone, RunError, Shared, caches};
 use crate::driver::{Driver, JobEnd, JobRun, LineSink, Workspace};
@@ -458,11 +458,15 @@ fn prepare_workspace(
             let all: Vec<B3Digest> = std::iter::once(*base)
                 .chain(stack.iter().copied())
                 .collect();
-            let mut lower = Vec::with_capacity(all.len());
-            for (position, layer) in all.iter().enumerate() {
-                if all[position + 1..].contains(layer) {
-                    continue;
-                }
+            let distinct: Vec<B3Digest> = all
+                .iter()
+                .enumerate()
+                .filter(|(position, layer)| !all[position + 1..].contains(layer))
+                .map(|(_, layer)| *layer)
+                .collect();
+            let layers = ctx.squash_deep_stack(&distinct)?;
+            let mut lower = Vec::with_capacity(layers.len());
+            for layer in &layers {
                 lower.push(ctx.layers.directory(&ctx.store, layer)?);
             }
             let upper = job_dir.join("upper");
@@ -473,11 +477,7 @@ fn prepare_workspace(
             Ok((Workspace::Layers { lower, upper, work }, None))
         }
         Driver::Host(_) => {
-            let view = layers::merged_view(&ctx.store, base, stack)?;
-            let merged = match view.write(&mut ctx.store, &ctx.roots)? {
-                Node::Directory { digest, .. } => digest,
-                _ => layers::empty_tree(&mut ctx.store, &ctx.roots)?,
-            };
+            let merged = layers::merged_tree(&mut ctx.store, &ctx.roots, base, stack)?;
             let scratch = job_dir.join("workspace");
             ctx.store.restore(&merged, &scratch, &Default::default())?;
             Ok((Workspace::Scratch(scratch), Some(merged)))

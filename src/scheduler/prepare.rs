@@ -60,7 +60,19 @@ pub struct StoreCtx {
     pub roots: TempRoots,
     pub layers: LayerCache,
     narrowed: HashMap<Vec<String>, B3Digest>,
+    /// Bottom parts of deep layer stacks merged into one tree, by the
+    /// layers they merge.
+    squashed: HashMap<Vec<B3Digest>, B3Digest>,
 }
+
+/// At most this many lower layers go into one workspace overlay. overlayfs
+/// stacks at most 500, and the legacy `mount(2)` option string holding
+/// them is limited to one page, so a deep stack is squashed first.
+pub const MAX_LOWER_LAYERS: usize = 48;
+/// Deep stacks are squashed in prefixes of a multiple of this many layers,
+/// so that the jobs of a long chain share the same few squashed trees
+/// instead of each merging its own.
+const SQUASH_BLOCK: usize = 32;
 
 impl StoreCtx {
     pub fn open(store_dir: &Path, layers_dir: &Path) -> Result<StoreCtx, RunError> {
@@ -71,6 +83,7 @@ impl StoreCtx {
             roots,
             layers: LayerCache::new(layers_dir.to_path_buf()),
             narrowed: HashMap::new(),
+            squashed: HashMap::new(),
         })
     }
 
@@ -89,6 +102,32 @@ impl StoreCtx {
         let digest = layers::narrow(&mut self.store, base, patterns, &self.roots)?;
         self.narrowed.insert(patterns.to_vec(), digest);
         Ok(digest)
+    }
+
+    /// `layers` (bottom first, each at most once) as at most
+    /// [`MAX_LOWER_LAYERS`] layers showing the same files: past that the
+    /// bottom layers, a multiple of [`SQUASH_BLOCK`] of them, become one
+    /// merged tree (whiteouts applied, so it needs nothing below it).
+    pub fn squash_deep_stack(&mut self, layers: &[B3Digest]) -> Result<Vec<B3Digest>, RunError> {
+        if layers.len() <= MAX_LOWER_LAYERS {
+            return Ok(layers.to_vec());
+        }
+        // The squashed tree plus what stays above it must fit.
+        let excess = layers.len() - MAX_LOWER_LAYERS + 1;
+        let prefix = excess.div_ceil(SQUASH_BLOCK) * SQUASH_BLOCK;
+        let (bottom, rest) = layers.split_at(prefix.min(layers.len()));
+        let squashed = match self.squashed.get(bottom) {
+            Some(digest) => *digest,
+            None => {
+                let digest =
+                    layers::merged_tree(&mut self.store, &self.roots, &bottom[0], &bottom[1..])?;
+                self.squashed.insert(bottom.to_vec(), digest);
+                digest
+            }
+        };
+        Ok(std::iter::once(squashed)
+            .chain(rest.iter().copied())
+            .collect())
     }
 
     pub fn place_objects(
