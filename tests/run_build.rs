@@ -426,3 +426,37 @@ fn a_host_job_runs_in_a_scratch_copy_is_never_cached_and_its_output_flows_on() {
     assert_eq!(second.status("use"), "cached", "{}", second.describe());
     project.assert_clean();
 }
+
+#[test]
+fn a_relative_store_path_works() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "build" ];
+  jobs.make = { stage = "build"; commands = [ "echo made > out" ]; };
+}"#,
+    );
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(project.root())
+            .env("TMPDIR", &project.tmp)
+            .args(["--store", "../relative/store", "run"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let first = run(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(project.dir.path().join("relative/store").is_dir());
+    let second = run(&["--json"]);
+    assert!(second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains(r#""type":"job/cached""#),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+}

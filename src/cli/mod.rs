@@ -92,7 +92,19 @@ pub enum Command {
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
 /// `$XDG_DATA_HOME/kiln`, else `~/.local/share/kiln`.
+/// The path is made absolute here, once: the host view excludes the store
+/// by path and jobs run in other directories.
 pub fn store_dir(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = located_store_dir(flag)?;
+    std::path::absolute(&dir).map_err(|err| {
+        anyhow::anyhow!(
+            "cannot make the store path {} absolute: {err}",
+            dir.display()
+        )
+    })
+}
+
+fn located_store_dir(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(dir) = flag {
         return Ok(dir.clone());
     }
