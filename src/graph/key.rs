@@ -278,6 +278,27 @@ mod tests {
         }
     }
 
+    /// The key of `sample()` under each key format version. A change to
+    /// the encoding changes every key in every store: it must come with a
+    /// new `KEY_FORMAT_VERSION` and a new line here, never an edited one.
+    const PINNED_KEYS: &[(u32, &str)] = &[(
+        1,
+        "blake3:3efbed31895d0e7bd015bf6aea87cbf8763ed1589d63a7a2193a782f4c3e65f5",
+    )];
+
+    #[test]
+    fn the_encoding_is_pinned_by_the_format_version() {
+        let key = sample().key().to_string();
+        let pinned = PINNED_KEYS
+            .iter()
+            .find(|(version, _)| *version == KEY_FORMAT_VERSION)
+            .unwrap_or_else(|| panic!("add ({KEY_FORMAT_VERSION}, \"{key}\") to PINNED_KEYS"));
+        assert_eq!(
+            pinned.1, key,
+            "the key encoding changed: bump KEY_FORMAT_VERSION and pin the new key beside the old"
+        );
+    }
+
     #[test]
     fn length_prefixes_keep_fields_apart() {
         let mut a = sample();
