@@ -309,14 +309,13 @@ fn live_console_child() {
 
 #[test]
 fn live_console_under_a_pseudo_terminal() {
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: script (util-linux) is not installed");
-        return;
-    }
+    assert!(
+        std::process::Command::new("script")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "this test needs `script` (Debian's bsdutils; scripts/test.sh installs it)"
+    );
     let me = std::env::current_exe().unwrap();
     let command = format!(
         "{} --exact live_console_child --ignored --nocapture --test-threads=1",

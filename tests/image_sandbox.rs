@@ -135,10 +135,8 @@ fn an_imported_busybox_image_runs_a_job() {
 fn the_host_image_hides_secrets_and_the_store() {
     // A store below a directory the host view shows (not /tmp, which is
     // hidden anyway), so that hiding it is really the exclusion's doing.
-    let Ok(store_parent) = tempfile::tempdir_in("/var/lib") else {
-        eprintln!("skipped: /var/lib is not writable");
-        return;
-    };
+    let store_parent = tempfile::tempdir_in("/var/lib")
+        .expect("this test needs a writable /var/lib (run the suite as root, as CI does)");
     let store_dir = store_parent.path().join("store");
     let mut store = Store::open(&store_dir).unwrap();
     let image = resolve(&mut store, "host").unwrap();
