@@ -594,3 +594,45 @@ fn builds_still_build() {
         assert!(stdout.ends_with("built\n"), "{caller:?}: {stdout}");
     }
 }
+
+#[test]
+fn pid_1_is_out_of_reach() {
+    require_root();
+    let _serial = serial();
+    // PID 1 is kiln's init, with capabilities the job lacks: its root,
+    // environment and descriptors (the report pipe) stay closed, and it
+    // ignores signals from inside its namespace.
+    let probe = "r root ls /proc/1/root/
+        r environ cat /proc/1/environ
+        r fd readlink /proc/1/fd/0
+        kill -9 1; r alive kill -0 1";
+    for caller in CALLERS {
+        let results = in_sandbox(caller, probe);
+        let context = format!("sandbox as {caller:?}");
+        for name in ["root", "environ", "fd"] {
+            expect_failed(&results, name, &context);
+        }
+        expect(&results, "alive", "0", &context);
+    }
+    // Control: in a pid namespace of the caller's own, made without kiln,
+    // the same reads of PID 1 succeed.
+    for caller in CALLERS {
+        let unshare = if caller == Caller::Root {
+            "unshare -pf --mount-proc"
+        } else {
+            "unshare -rpf --mount-proc"
+        };
+        let control = on_host(
+            caller,
+            &format!(
+                "{unshare} sh -c 'r() {{ n=$1; shift; \"$@\" >/dev/null 2>&1; echo \"$n $?\"; }}
+                 r root ls /proc/1/root/
+                 r environ cat /proc/1/environ
+                 r fd readlink /proc/1/fd/0'"
+            ),
+        );
+        for name in ["root", "environ", "fd"] {
+            expect(&control, name, "0", &format!("control as {caller:?}"));
+        }
+    }
+}
