@@ -97,6 +97,25 @@ pub enum SandboxError {
     Loopback(Errno),
     #[error("cgroup limit {limit} cannot be applied: {reason}")]
     Cgroup { limit: &'static str, reason: String },
+    #[error("cannot mask {} in the job's /proc: {source}", path.display())]
+    MaskProc { path: PathBuf, source: Errno },
+    #[error("cannot make {} read-only in the job's /proc: {source}", path.display())]
+    ReadOnlyProc { path: PathBuf, source: Errno },
+    #[error("cannot compile the seccomp filter `{filter}`: {reason}")]
+    CompileSeccomp {
+        filter: &'static str,
+        reason: String,
+    },
+    #[error("cannot drop capabilities from the bounding set: {0}")]
+    BoundingSet(Errno),
+    #[error("cannot set the job's capabilities (capset): {0}")]
+    SetCapabilities(Errno),
+    #[error("cannot clear the ambient capabilities: {0}")]
+    AmbientCapabilities(Errno),
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(Errno),
+    #[error("cannot install the seccomp filter `{filter}`: {source}")]
+    InstallSeccomp { filter: &'static str, source: Errno },
     #[error("cannot exec {program} in the sandbox: {source}")]
     Exec { program: String, source: Errno },
     #[error("the sandbox init process failed: {0}")]

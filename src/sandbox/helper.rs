@@ -23,6 +23,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::cgroup::Cgroup;
+use super::confine::Confinement;
 use super::error::SandboxError;
 use super::outcome::SandboxOutcome;
 use super::plan::Plan;
@@ -85,9 +86,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 /// Runs the job described by `spec`; errors are setup failures.
 pub fn run(sys: &mut impl Sys, spec: &SandboxSpec) -> Result<SandboxOutcome, SandboxError> {
     let plan = Plan::resolve(spec)?;
+    // Compiled here, before any fork: the job process only installs it.
+    let confinement = Confinement::compile()?;
     // Fail before unsharing anything when a limit cannot be honoured.
     let cgroup = Cgroup::prepare(sys, &plan.limits)?;
-    let outcome = run_in(sys, &plan, cgroup.as_ref());
+    let outcome = run_in(sys, &plan, &confinement, cgroup.as_ref());
     // Only the helper gets here: PID 1 never returns.
     if let Some(cgroup) = cgroup {
         cgroup.remove(sys);
@@ -98,6 +101,7 @@ pub fn run(sys: &mut impl Sys, spec: &SandboxSpec) -> Result<SandboxOutcome, San
 fn run_in(
     sys: &mut impl Sys,
     plan: &Plan,
+    confinement: &Confinement,
     cgroup: Option<&Cgroup>,
 ) -> Result<SandboxOutcome, SandboxError> {
     // If kiln dies, so does the helper, and with it the whole sandbox.
@@ -115,7 +119,7 @@ fn run_in(
     let child = match sys.fork().map_err(SandboxError::Fork)? {
         Forked::Child => {
             drop((report_read, go_write));
-            init(sys, plan, go_read, report_write)
+            init(sys, plan, confinement, go_read, report_write)
         }
         Forked::Parent { child } => child,
     };
@@ -180,7 +184,13 @@ fn exit_now(code: i32) -> ! {
 }
 
 /// PID 1 of the sandbox. Never returns.
-fn init(sys: &mut impl Sys, plan: &Plan, go: OwnedFd, report_fd: OwnedFd) -> ! {
+fn init(
+    sys: &mut impl Sys,
+    plan: &Plan,
+    confinement: &Confinement,
+    go: OwnedFd,
+    report_fd: OwnedFd,
+) -> ! {
     let fail = |err: SandboxError| -> ! {
         report(
             &report_fd,
@@ -201,8 +211,11 @@ fn init(sys: &mut impl Sys, plan: &Plan, go: OwnedFd, report_fd: OwnedFd) -> ! {
         exit_now(EXIT_SETUP_FAILED);
     }
     drop(go);
-    if let Err(err) =
-        setup::configure_namespaces(sys, plan).and_then(|()| setup::build_root(sys, plan))
+    // Now in its cgroup (the helper put it there before the go byte): the
+    // cgroup namespace is rooted at it.
+    if let Err(err) = setup::enter_cgroup_namespace(sys)
+        .and_then(|()| setup::configure_namespaces(sys, plan))
+        .and_then(|()| setup::build_root(sys, plan))
     {
         fail(err);
     }
@@ -210,7 +223,7 @@ fn init(sys: &mut impl Sys, plan: &Plan, go: OwnedFd, report_fd: OwnedFd) -> ! {
         Ok(Forked::Child) => {
             reset_signals();
             let _ = nix::unistd::setsid();
-            let err = setup::exec_job(sys, plan);
+            let err = setup::exec_job(sys, plan, confinement);
             report(
                 &report_fd,
                 &SandboxOutcome::SetupFailed {

@@ -9,9 +9,11 @@
 //!
 //! Module map: `spec` (what to run), `plan` (spec resolved against the host),
 //! `sys` (the syscall seam), `setup` (the mount/namespace sequence over the
-//! seam), `cgroup` (limits), `helper` (the processes), `run` (parent side).
+//! seam), `confine` (capabilities, no_new_privs and seccomp of the job),
+//! `cgroup` (limits), `helper` (the processes), `run` (parent side).
 
 mod cgroup;
+mod confine;
 mod error;
 mod helper;
 mod outcome;
@@ -23,6 +25,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
+pub use confine::{KEPT_CAPABILITIES, kept_capability_mask};
 pub use error::SandboxError;
 pub use helper::{EXIT_SETUP_FAILED, HELPER_ARG, helper_main};
 pub use outcome::SandboxOutcome;

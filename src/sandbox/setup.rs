@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 
+use super::confine::{Confinement, confine_job};
 use super::error::SandboxError;
 use super::plan::{HostEntry, Mask, Plan, PlannedRoot};
 use super::spec::SCRIPT_PATH_INSIDE;
@@ -26,6 +27,27 @@ const OLD_ROOT: &str = "/oldroot";
 const SCAFFOLD: &str = "/scaffold";
 const EMPTY_LAYER: &str = "/empty-layer";
 const EMPTY_FILE: &str = "/empty-file";
+/// The empty read-only file bound over masked `/proc` files.
+const PROC_MASK_FILE: &str = "/proc-mask";
+
+/// `/proc` entries that show the host's kernel, hardware or other users'
+/// secrets, hidden as Docker/runc hide them (plus `kmsg`): a file is
+/// covered by an empty file, a directory by an empty read-only tmpfs.
+const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "interrupts",
+    "kcore",
+    "keys",
+    "kmsg",
+    "latency_stats",
+    "sched_debug",
+    "scsi",
+    "timer_list",
+    "timer_stats",
+];
+/// `/proc` entries that change the host's kernel when written: read-only.
+const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
 
 /// The device nodes of the minimal `/dev`, with their numbers.
 const DEVICES: &[(&str, u64, u64)] = &[
@@ -86,6 +108,17 @@ pub fn enter_namespaces(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxEr
         }
     }
     Ok(())
+}
+
+/// Step 1b, in PID 1 once the helper has put it in its cgroup: a cgroup
+/// namespace, so the job's `/proc/self/cgroup` is `/` and a cgroup
+/// filesystem (which it cannot mount anyway) would show only its own.
+pub fn enter_cgroup_namespace(sys: &mut impl Sys) -> Result<(), SandboxError> {
+    let flags = CloneFlags::CLONE_NEWCGROUP;
+    sys.unshare(flags).map_err(|source| SandboxError::Unshare {
+        namespaces: format!("{flags:?}"),
+        source,
+    })
 }
 
 /// Step 2, in PID 1: hostname and loopback, in the fresh UTS and net namespaces.
@@ -280,6 +313,7 @@ pub fn build_root(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
 
     mount_workspace(sys, plan)?;
     mount_kernel_filesystems(sys, plan.user_namespace.is_some())?;
+    protect_proc(sys)?;
     mount_binds(sys, plan)?;
 
     sys.chdir(new_root).map_err(|source| SandboxError::Chdir {
@@ -547,6 +581,50 @@ fn mount_kernel_filesystems(
     )
 }
 
+/// Masks and read-only binds over the job's `/proc` ([`PROC_MASKED`],
+/// [`PROC_READ_ONLY`]). An entry this kernel does not have is skipped.
+/// They hold because the job has no `CAP_SYS_ADMIN` and no mount system
+/// call (see `confine`).
+fn protect_proc(sys: &mut impl Sys) -> Result<(), SandboxError> {
+    use nix::errno::Errno;
+    let proc_dir = inside(NEW_ROOT, Path::new("proc"));
+    let mask_file = Path::new(PROC_MASK_FILE);
+    create_file(sys, mask_file, b"", 0o444)?;
+    for name in PROC_MASKED {
+        let path = proc_dir.join(name);
+        let masked = match sys.mount(Some(mask_file), &path, None, MsFlags::MS_BIND, None) {
+            Ok(()) => sys.make_read_only_recursive(&path),
+            Err(Errno::ENOENT) => Ok(()),
+            // A directory: an empty read-only tmpfs instead.
+            Err(Errno::ENOTDIR) => sys.mount(
+                Some(Path::new("tmpfs")),
+                &path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0555,size=4k"),
+            ),
+            Err(errno) => Err(errno),
+        };
+        masked.map_err(|source| SandboxError::MaskProc { path, source })?;
+    }
+    for name in PROC_READ_ONLY {
+        let path = proc_dir.join(name);
+        let read_only = match sys.mount(
+            Some(&path),
+            &path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        ) {
+            Ok(()) => sys.make_read_only_recursive(&path),
+            Err(Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(errno),
+        };
+        read_only.map_err(|source| SandboxError::ReadOnlyProc { path, source })?;
+    }
+    Ok(())
+}
+
 /// The job's argv and environment, as `execve` wants them.
 pub fn job_command(plan: &Plan) -> Result<(CString, Vec<CString>, Vec<CString>), SandboxError> {
     let c = |s: String| {
@@ -562,9 +640,9 @@ pub fn job_command(plan: &Plan) -> Result<(CString, Vec<CString>, Vec<CString>),
     Ok((program, args, env))
 }
 
-/// Step 4, in the job process: enter the workspace and become the script.
-/// Returns only on failure.
-pub fn exec_job(sys: &mut impl Sys, plan: &Plan) -> SandboxError {
+/// Step 4, in the job process: enter the workspace, give up privileges
+/// ([`confine_job`]) and become the script. Returns only on failure.
+pub fn exec_job(sys: &mut impl Sys, plan: &Plan, confinement: &Confinement) -> SandboxError {
     let (program, args, env) = match job_command(plan) {
         Ok(command) => command,
         Err(err) => return err,
@@ -574,6 +652,9 @@ pub fn exec_job(sys: &mut impl Sys, plan: &Plan) -> SandboxError {
             path: plan.workspace_path.clone(),
             source,
         };
+    }
+    if let Err(err) = confine_job(sys, confinement) {
+        return err;
     }
     let source = sys.exec(&program, &args, &env);
     SandboxError::Exec {

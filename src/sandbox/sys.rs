@@ -49,6 +49,18 @@ pub trait Sys {
     fn loopback_up(&mut self) -> nix::Result<()>;
     fn set_parent_death_signal(&mut self) -> nix::Result<()>;
     fn fork(&mut self) -> nix::Result<Forked>;
+    /// Drops every capability not in `keep` (a bit mask) from the bounding set.
+    fn drop_bounding_capabilities(&mut self, keep: u64) -> nix::Result<()>;
+    /// `capset`: effective = permitted = `permitted`, and `inheritable`.
+    fn set_capabilities(&mut self, permitted: u64, inheritable: u64) -> nix::Result<()>;
+    fn clear_ambient_capabilities(&mut self) -> nix::Result<()>;
+    fn set_no_new_privs(&mut self) -> nix::Result<()>;
+    /// Installs a compiled seccomp filter on the calling thread.
+    fn install_seccomp(
+        &mut self,
+        name: &str,
+        program: &[seccompiler::sock_filter],
+    ) -> nix::Result<()>;
     /// Replaces the process image; returns only on failure.
     fn exec(&mut self, program: &CStr, args: &[CString], env: &[CString]) -> Errno;
 }
@@ -182,6 +194,83 @@ impl Sys for RealSys {
         }
     }
 
+    fn drop_bounding_capabilities(&mut self, keep: u64) -> nix::Result<()> {
+        for cap in 0..64u32 {
+            if keep & (1 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: plain prctl with integer arguments.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            match Errno::result(rc) {
+                Ok(_) => {}
+                // Past the kernel's last capability: done.
+                Err(Errno::EINVAL) if cap > 0 => return Ok(()),
+                Err(errno) => return Err(errno),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_capabilities(&mut self, permitted: u64, inheritable: u64) -> nix::Result<()> {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: libc::c_int,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let half = |mask: u64, high: bool| (if high { mask >> 32 } else { mask }) as u32;
+        let data = [false, true].map(|high| Data {
+            effective: half(permitted, high),
+            permitted: half(permitted, high),
+            inheritable: half(inheritable, high),
+        });
+        // SAFETY: version 3 takes a header and two data structs, laid out
+        // as the kernel's `__user_cap_header_struct`/`__user_cap_data_struct`.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+        Errno::result(rc).map(drop)
+    }
+
+    fn clear_ambient_capabilities(&mut self) -> nix::Result<()> {
+        // SAFETY: plain prctl with integer arguments.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        Errno::result(rc).map(drop)
+    }
+
+    fn set_no_new_privs(&mut self) -> nix::Result<()> {
+        nix::sys::prctl::set_no_new_privs()
+    }
+
+    fn install_seccomp(
+        &mut self,
+        _name: &str,
+        program: &[seccompiler::sock_filter],
+    ) -> nix::Result<()> {
+        seccompiler::apply_filter(program).map_err(|err| match err {
+            seccompiler::Error::Prctl(io) | seccompiler::Error::Seccomp(io) => io_errno(io),
+            _ => Errno::EINVAL,
+        })
+    }
+
     fn exec(&mut self, program: &CStr, args: &[CString], env: &[CString]) -> Errno {
         match nix::unistd::execve(program, args, env) {
             Ok(never) => match never {},
@@ -232,8 +321,10 @@ pub mod recording {
     #[derive(Debug, Default)]
     pub struct RecordingSys {
         pub calls: Vec<String>,
-        /// The call (a prefix of its recorded line) that fails with `EPERM`.
+        /// The call (a prefix of its recorded line) that fails, with
+        /// `fail_with` or else `EPERM`.
         pub fail_on: Option<String>,
+        pub fail_with: Option<Errno>,
     }
 
     impl RecordingSys {
@@ -243,7 +334,11 @@ pub mod recording {
                 .as_deref()
                 .is_some_and(|prefix| line.starts_with(prefix));
             self.calls.push(line);
-            if fails { Err(Errno::EPERM) } else { Ok(()) }
+            if fails {
+                Err(self.fail_with.unwrap_or(Errno::EPERM))
+            } else {
+                Ok(())
+            }
         }
 
         pub fn transcript(&self) -> String {
@@ -369,6 +464,32 @@ pub mod recording {
         fn fork(&mut self) -> nix::Result<Forked> {
             self.record("fork".to_owned())?;
             Ok(Forked::Child)
+        }
+
+        fn drop_bounding_capabilities(&mut self, keep: u64) -> nix::Result<()> {
+            self.record(format!("prctl PR_CAPBSET_DROP all but {keep:#x}"))
+        }
+
+        fn set_capabilities(&mut self, permitted: u64, inheritable: u64) -> nix::Result<()> {
+            self.record(format!(
+                "capset effective=permitted={permitted:#x} inheritable={inheritable:#x}"
+            ))
+        }
+
+        fn clear_ambient_capabilities(&mut self) -> nix::Result<()> {
+            self.record("prctl PR_CAP_AMBIENT_CLEAR_ALL".to_owned())
+        }
+
+        fn set_no_new_privs(&mut self) -> nix::Result<()> {
+            self.record("prctl PR_SET_NO_NEW_PRIVS".to_owned())
+        }
+
+        fn install_seccomp(
+            &mut self,
+            name: &str,
+            program: &[seccompiler::sock_filter],
+        ) -> nix::Result<()> {
+            self.record(format!("seccomp {name} ({} instructions)", program.len()))
         }
 
         fn exec(&mut self, program: &CStr, args: &[CString], env: &[CString]) -> Errno {

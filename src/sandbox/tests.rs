@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use expect_test::expect;
 
 use super::cgroup::Cgroup;
+use super::confine::{Confinement, KEPT_CAPABILITIES, denied_syscall_names};
 use super::error::SandboxError;
 use super::plan::{HostEntry, Mask, Plan, PlannedRoot, plan_host_view};
 use super::setup;
@@ -58,12 +59,14 @@ fn host_view_sequence() {
     let mut sys = RecordingSys::default();
     let plan = host_plan();
     setup::enter_namespaces(&mut sys, &plan).unwrap();
+    setup::enter_cgroup_namespace(&mut sys).unwrap();
     setup::configure_namespaces(&mut sys, &plan).unwrap();
     setup::build_root(&mut sys, &plan).unwrap();
-    let err = setup::exec_job(&mut sys, &plan);
+    let err = setup::exec_job(&mut sys, &plan, &Confinement::compile().unwrap());
     assert!(matches!(err, SandboxError::Exec { .. }), "{err}");
     expect![[r#"
         unshare CLONE_NEWUTS|CLONE_NEWIPC|CLONE_NEWPID|CLONE_NEWNET
+        unshare CLONE_NEWCGROUP
         sethostname kiln
         ioctl SIOCSIFFLAGS lo up
         unshare CLONE_NEWNS
@@ -118,11 +121,51 @@ fn host_view_sequence() {
         mkdir /newroot/dev/pts 755
         mount devpts /newroot/dev/pts type=devpts flags=MS_NOSUID|MS_NOEXEC data=newinstance,ptmxmode=0666,mode=620
         mount tmpfs /newroot/tmp type=tmpfs flags=MS_NOSUID|MS_NODEV data=mode=1777
+        create /proc-mask 444 (0 bytes)
+        mount /proc-mask /newroot/proc/acpi type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/acpi rdonly recursive
+        mount /proc-mask /newroot/proc/asound type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/asound rdonly recursive
+        mount /proc-mask /newroot/proc/interrupts type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/interrupts rdonly recursive
+        mount /proc-mask /newroot/proc/kcore type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/kcore rdonly recursive
+        mount /proc-mask /newroot/proc/keys type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/keys rdonly recursive
+        mount /proc-mask /newroot/proc/kmsg type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/kmsg rdonly recursive
+        mount /proc-mask /newroot/proc/latency_stats type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/latency_stats rdonly recursive
+        mount /proc-mask /newroot/proc/sched_debug type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/sched_debug rdonly recursive
+        mount /proc-mask /newroot/proc/scsi type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/scsi rdonly recursive
+        mount /proc-mask /newroot/proc/timer_list type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/timer_list rdonly recursive
+        mount /proc-mask /newroot/proc/timer_stats type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/timer_stats rdonly recursive
+        mount /newroot/proc/bus /newroot/proc/bus type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/bus rdonly recursive
+        mount /newroot/proc/fs /newroot/proc/fs type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/fs rdonly recursive
+        mount /newroot/proc/irq /newroot/proc/irq type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/irq rdonly recursive
+        mount /newroot/proc/sys /newroot/proc/sys type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/sys rdonly recursive
+        mount /newroot/proc/sysrq-trigger /newroot/proc/sysrq-trigger type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/sysrq-trigger rdonly recursive
         chdir /newroot
         pivot_root . .
         umount2 . detach
         chdir /
         chdir /work
+        prctl PR_CAPBSET_DROP all but 0x404fb
+        capset effective=permitted=0x404fb inheritable=0x0
+        prctl PR_CAP_AMBIENT_CLEAR_ALL
+        prctl PR_SET_NO_NEW_PRIVS
+        seccomp x32 (4 instructions)
+        seccomp enosys (25 instructions)
+        seccomp deny (340 instructions)
         execve /bin/sh [/bin/sh /.kiln/job.sh] env=[PATH=/usr/bin:/bin LANG=C.UTF-8]
     "#]]
     .assert_eq(&sys.transcript());
@@ -162,7 +205,7 @@ fn image_root_is_a_read_only_overlay_with_a_scaffold_on_top() {
         "mount overlay /newroot/home/build/src type=overlay flags=0 data=lowerdir=/empty-layer,upperdir=/oldroot/run/job/upper,workdir=/oldroot/run/job/work,volatile\n"
     ));
     assert!(
-        !transcript.contains("mount_setattr"),
+        !transcript.contains("mount_setattr /newroot rdonly"),
         "an image overlay without upper is read-only already"
     );
 }
@@ -517,5 +560,184 @@ fn bind_targets_are_checked() {
             target: bad.into(),
         }];
         assert!(spec.validate().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn the_job_gives_up_privileges_in_order_just_before_exec() {
+    let mut sys = RecordingSys::default();
+    let confinement = Confinement::compile().unwrap();
+    let err = setup::exec_job(&mut sys, &host_plan(), &confinement);
+    assert!(matches!(err, SandboxError::Exec { .. }), "{err}");
+    let shown: String = sys
+        .transcript()
+        .lines()
+        .map(|line| {
+            // Instruction counts depend on the filter, not on the order.
+            let line = match line.find(" (") {
+                Some(at) if line.starts_with("seccomp") => &line[..at],
+                _ => line,
+            };
+            format!("{line}\n")
+        })
+        .collect();
+    expect![[r#"
+        chdir /work
+        prctl PR_CAPBSET_DROP all but 0x404fb
+        capset effective=permitted=0x404fb inheritable=0x0
+        prctl PR_CAP_AMBIENT_CLEAR_ALL
+        prctl PR_SET_NO_NEW_PRIVS
+        seccomp x32
+        seccomp enosys
+        seccomp deny
+        execve /bin/sh [/bin/sh /.kiln/job.sh] env=[PATH=/usr/bin:/bin LANG=C.UTF-8]
+    "#]]
+    .assert_eq(&shown);
+
+    // Each step fails on its own, and the job is never executed.
+    for (step, expected) in [
+        (
+            "prctl PR_CAPBSET_DROP",
+            "cannot drop capabilities from the bounding set: EPERM: Operation not permitted",
+        ),
+        (
+            "capset",
+            "cannot set the job's capabilities (capset): EPERM: Operation not permitted",
+        ),
+        (
+            "prctl PR_CAP_AMBIENT",
+            "cannot clear the ambient capabilities: EPERM: Operation not permitted",
+        ),
+        (
+            "prctl PR_SET_NO_NEW_PRIVS",
+            "cannot set no_new_privs: EPERM: Operation not permitted",
+        ),
+        (
+            "seccomp deny",
+            "cannot install the seccomp filter `deny`: EPERM: Operation not permitted",
+        ),
+    ] {
+        let mut sys = RecordingSys {
+            fail_on: Some(step.into()),
+            ..Default::default()
+        };
+        let err = setup::exec_job(&mut sys, &host_plan(), &confinement);
+        assert_eq!(err.to_string(), expected);
+        assert!(!sys.transcript().contains("execve"), "{step}");
+    }
+}
+
+#[test]
+fn proc_is_masked_and_read_only_where_the_kernel_has_the_entry() {
+    let mut sys = RecordingSys::default();
+    setup::build_root(&mut sys, &host_plan()).unwrap();
+    let transcript = sys.transcript();
+    let proc_part: String = transcript
+        .lines()
+        .skip_while(|line| !line.starts_with("create /proc-mask"))
+        .take_while(|line| !line.starts_with("chdir /newroot"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    expect![[r#"
+        create /proc-mask 444 (0 bytes)
+        mount /proc-mask /newroot/proc/acpi type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/acpi rdonly recursive
+        mount /proc-mask /newroot/proc/asound type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/asound rdonly recursive
+        mount /proc-mask /newroot/proc/interrupts type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/interrupts rdonly recursive
+        mount /proc-mask /newroot/proc/kcore type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/kcore rdonly recursive
+        mount /proc-mask /newroot/proc/keys type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/keys rdonly recursive
+        mount /proc-mask /newroot/proc/kmsg type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/kmsg rdonly recursive
+        mount /proc-mask /newroot/proc/latency_stats type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/latency_stats rdonly recursive
+        mount /proc-mask /newroot/proc/sched_debug type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/sched_debug rdonly recursive
+        mount /proc-mask /newroot/proc/scsi type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/scsi rdonly recursive
+        mount /proc-mask /newroot/proc/timer_list type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/timer_list rdonly recursive
+        mount /proc-mask /newroot/proc/timer_stats type=- flags=MS_BIND data=-
+        mount_setattr /newroot/proc/timer_stats rdonly recursive
+        mount /newroot/proc/bus /newroot/proc/bus type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/bus rdonly recursive
+        mount /newroot/proc/fs /newroot/proc/fs type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/fs rdonly recursive
+        mount /newroot/proc/irq /newroot/proc/irq type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/irq rdonly recursive
+        mount /newroot/proc/sys /newroot/proc/sys type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/sys rdonly recursive
+        mount /newroot/proc/sysrq-trigger /newroot/proc/sysrq-trigger type=- flags=MS_BIND|MS_REC data=-
+        mount_setattr /newroot/proc/sysrq-trigger rdonly recursive
+    "#]]
+    .assert_eq(&proc_part);
+    let proc_at = transcript.find("mount proc /newroot/proc").unwrap();
+    let mask_at = transcript.find("create /proc-mask").unwrap();
+    assert!(proc_at < mask_at, "masks go over the fresh /proc");
+
+    // A directory gets an empty read-only tmpfs; a missing entry is skipped.
+    let mut sys = RecordingSys {
+        fail_on: Some("mount /proc-mask /newroot/proc/acpi ".into()),
+        fail_with: Some(nix::errno::Errno::ENOTDIR),
+        ..Default::default()
+    };
+    setup::build_root(&mut sys, &host_plan()).unwrap();
+    assert!(sys.transcript().contains(
+        "mount tmpfs /newroot/proc/acpi type=tmpfs flags=MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC data=mode=0555,size=4k\n"
+    ));
+    let mut sys = RecordingSys {
+        fail_on: Some("mount /newroot/proc/sys ".into()),
+        fail_with: Some(nix::errno::Errno::ENOENT),
+        ..Default::default()
+    };
+    setup::build_root(&mut sys, &host_plan()).unwrap();
+    assert!(
+        !sys.transcript()
+            .contains("mount_setattr /newroot/proc/sys rdonly")
+    );
+    // Any other failure is a setup failure naming the entry.
+    let mut sys = RecordingSys {
+        fail_on: Some("mount_setattr /newroot/proc/sysrq-trigger".into()),
+        ..Default::default()
+    };
+    let err = setup::build_root(&mut sys, &host_plan()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot make /newroot/proc/sysrq-trigger read-only in the job's /proc: EPERM: Operation not permitted"
+    );
+}
+
+#[test]
+fn the_cgroup_namespace_is_its_own_step() {
+    let mut sys = RecordingSys {
+        fail_on: Some("unshare CLONE_NEWCGROUP".into()),
+        ..Default::default()
+    };
+    let err = setup::enter_cgroup_namespace(&mut sys).unwrap_err();
+    assert!(matches!(err, SandboxError::Unshare { .. }), "{err:?}");
+}
+
+#[test]
+fn docs_name_every_refused_syscall_and_every_kept_capability() {
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/drivers.md")).unwrap();
+    let section = docs
+        .split("### What a job can and cannot do")
+        .nth(1)
+        .expect("docs/drivers.md has a \"What a job can and cannot do\" section");
+    for name in denied_syscall_names().chain(["clone3", "io_uring_setup", "unshare", "clone"]) {
+        assert!(
+            section.contains(&format!("`{name}`")),
+            "docs/drivers.md does not name `{name}`"
+        );
+    }
+    for (_, cap) in KEPT_CAPABILITIES {
+        assert!(
+            section.contains(&format!("`{cap}`")),
+            "docs/drivers.md does not justify `{cap}`"
+        );
     }
 }
