@@ -73,7 +73,8 @@ fn flood(script: &str) -> (Project, Measured) {
     let project = Project::new(&format!(
         r#"{{
   driver = {{ type = "host"; }};
-  jobs.flood.script = "{script}";
+  stages = [ "s" ];
+  jobs.flood = {{ stage = "s"; commands = [ "{script}" ]; }};
 }}"#
     ));
     let mut command = project.kiln();
@@ -87,7 +88,7 @@ const MARKER: &str =
 
 #[test]
 fn a_3_gb_line_is_streamed_in_bounded_memory_and_the_log_is_capped() {
-    let (project, run) = flood("head -c 3000000000 /dev/zero | tr '\\\\0' x; echo; echo after");
+    let (project, run) = flood("head -c 3000000000 /dev/zero | tr -c x x; echo; echo after");
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.max_rss_kib < PEAK_LIMIT_KIB,
@@ -96,7 +97,15 @@ fn a_3_gb_line_is_streamed_in_bounded_memory_and_the_log_is_capped() {
     );
     let log = log_of(&project, "flood");
     assert_eq!(log.len(), (64 << 20) + 1 + MARKER.len());
-    assert!(log[..64 << 20].iter().all(|&b| b == b'x'));
+    // The script's own lines (commands are echoed), then the long line.
+    let echo = b"+ tr -c x x\n";
+    let start = log.windows(echo.len()).position(|w| w == echo).unwrap() + echo.len();
+    assert!(start < 200, "{:?}", String::from_utf8_lossy(&log[..300]));
+    assert!(
+        log[start..64 << 20].iter().all(|&b| b == b'x'),
+        "{:?}",
+        String::from_utf8_lossy(&log[..300])
+    );
     assert!(log.ends_with(format!("\n{MARKER}").as_bytes()));
     eprintln!("3 GB line: kiln peak RSS {} MiB", run.max_rss_kib / 1024);
 }
@@ -133,9 +142,10 @@ fn a_300_mb_flood_of_short_lines_is_streamed_in_bounded_memory() {
 #[test]
 fn the_measurement_sees_a_kiln_that_uses_a_lot_of_memory() {
     // Control for the two tests above: 20 copies of a 32 MiB string are
-    // within the evaluation budget and make kiln hold about 640 MiB.
+    // within the evaluation budget and make kiln hold about 640 MiB while
+    // it forces them (the manifest is then rejected: `x` is no field).
     let project = Project::new(
-        "let d = s: s + s; s = d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d \"x\")))))))))))))))))))))))); in { env.A = builtins.concatStringsSep \"\" (builtins.genList (i: \"\") 1); jobs.a.script = \"true\"; x = builtins.genList (i: s) 20; }",
+        "let d = s: s + s; s = d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d (d \"x\")))))))))))))))))))))))); in { x = builtins.genList (i: s) 20; }",
     );
     let mut command = project.kiln();
     command.args(["eval", "build.kiln"]);
@@ -229,7 +239,8 @@ fn a_source_outside_the_project_is_refused_and_allow_path_widens_it() {
         r#"{
   driver = { type = "host"; };
   sources = [ ../../../../../../root ];
-  jobs.a.script = "true";
+  stages = [ "s" ];
+  jobs.a = { stage = "s"; commands = [ "true" ]; };
 }"#,
     );
     let run = project.run(&[]);
@@ -247,7 +258,8 @@ fn a_source_outside_the_project_is_refused_and_allow_path_widens_it() {
         r#"{
   driver = { type = "host"; };
   sources = [ (./. + "/../../../../../../root") ];
-  jobs.a.script = "true";
+  stages = [ "s" ];
+  jobs.a = { stage = "s"; commands = [ "true" ]; };
 }"#,
     );
     let run = project.run(&[]);
@@ -268,7 +280,8 @@ fn a_source_outside_the_project_is_refused_and_allow_path_widens_it() {
         r#"{
   driver = { type = "host"; };
   sources = [ { path = ../outside; dir = "ext"; } ];
-  jobs.a.script = "grep -q 'from outside' ext/data.txt";
+  stages = [ "s" ];
+  jobs.a = { stage = "s"; commands = [ "grep -q 'from outside' ext/data.txt" ]; };
 }"#,
     );
     let refused = project.run(&[]);

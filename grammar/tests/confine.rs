@@ -109,11 +109,7 @@ fn hash_file_and_path_sources_outside_are_refused_with_a_location() {
     );
     assert!(rendered.contains("build.kiln:2:7"), "{rendered}");
     assert!(rendered.contains("cannot hash"), "{rendered}");
-    let (_, rendered) = load_text(
-        &manifest,
-        "{\n  sources = [ ../outside ];\n  jobs.a.script = \"true\";\n}\n",
-        &[],
-    );
+    let (_, rendered) = load_text(&manifest, "{\n  sources = [ ../outside ];\n}\n", &[]);
     assert!(rendered.contains("build.kiln:2:15"), "{rendered}");
     assert!(rendered.contains("cannot use the path"), "{rendered}");
 }
@@ -127,12 +123,15 @@ fn the_git_root_is_the_project_root() {
     let manifest = layout.project.join("ci/build.kiln");
     let (loaded, rendered) = load_text(
         &manifest,
-        "(import ../common.kiln) // { jobs.a.script = \"true\"; }\n",
+        "(import ../common.kiln) // { driver = { type = \"host\"; }; stages = [ \"s\" ]; jobs.a = { stage = \"s\"; commands = [ \"true\" ]; }; }\n",
         &[],
     );
     assert!(loaded.result.is_ok(), "{rendered}");
     let manifest = loaded.result.unwrap();
-    assert_eq!(manifest.roots.roots(), [layout.project.clone()]);
+    assert_eq!(
+        manifest.roots.roots(),
+        std::slice::from_ref(&layout.project)
+    );
 }
 
 #[test]
