@@ -386,6 +386,43 @@ mod tests {
         assert_eq!(seen[1].seq, 42);
     }
 
+    /// Blocks the router on its first event until the gate opens.
+    struct Gate(Arc<Mutex<()>>);
+
+    impl Interceptor for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn intercept(&mut self, _: &Envelope) -> Result<(), EventError> {
+            drop(self.0.lock().unwrap());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_beyond_the_queue_bound_is_dropped_and_other_events_are_not() {
+        let gate = Arc::new(Mutex::new(()));
+        let closed = gate.lock().unwrap();
+        let recorder = Recorder::default();
+        let router = Router::new()
+            .interceptor(Route::All, Gate(Arc::clone(&gate)))
+            .interceptor(Route::All, recorder.clone());
+        let bus = EventBus::start(1, router).unwrap();
+        let emitter = bus.emitter();
+        let line = "x".repeat(1 << 20);
+        let sent = (0..64)
+            .filter(|_| emitter.emit_output("flood", &line))
+            .count();
+        // The router is stuck on the first line: about 16 MiB fit.
+        assert!((14..=17).contains(&sent), "{sent} lines queued");
+        emitter.emit(warning(1));
+        drop(closed);
+        bus.finish().await.unwrap();
+        let seen = recorder.seen.lock().unwrap();
+        assert_eq!(seen.len(), sent + 1);
+        assert_eq!(seen.last().unwrap().event, warning(1));
+    }
+
     #[test]
     fn starting_outside_a_runtime_is_a_clear_error() {
         assert!(matches!(
