@@ -70,9 +70,13 @@ fn log_of(project: &Project, job: &str) -> Vec<u8> {
 /// A host job printing `script`'s output; run without `--json`, with the
 /// plain console on stderr (a file), as a CI run would.
 fn flood(script: &str) -> (Project, Measured) {
+    flood_in(r#"{ type = "host"; }"#, script)
+}
+
+fn flood_in(driver: &str, script: &str) -> (Project, Measured) {
     let project = Project::new(&format!(
         r#"{{
-  driver = {{ type = "host"; }};
+  driver = {driver};
   stages = [ "s" ];
   jobs.flood = {{ stage = "s"; commands = [ "{script}" ]; }};
 }}"#
@@ -108,6 +112,27 @@ fn a_3_gb_line_is_streamed_in_bounded_memory_and_the_log_is_capped() {
     );
     assert!(log.ends_with(format!("\n{MARKER}").as_bytes()));
     eprintln!("3 GB line: kiln peak RSS {} MiB", run.max_rss_kib / 1024);
+}
+
+#[test]
+fn a_container_job_flooding_its_output_is_capped_the_same_way() {
+    let (project, run) = flood_in(
+        r#"{ type = "container"; image = "host"; }"#,
+        "head -c 1000000000 /dev/zero; echo after",
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.max_rss_kib < PEAK_LIMIT_KIB,
+        "kiln peaked at {} MiB",
+        run.max_rss_kib / 1024
+    );
+    let log = log_of(&project, "flood");
+    assert!(log.ends_with(format!("\n{MARKER}").as_bytes()));
+    assert_eq!(log.len(), (64 << 20) + 1 + MARKER.len());
+    eprintln!(
+        "1 GB in a container: kiln peak RSS {} MiB",
+        run.max_rss_kib / 1024
+    );
 }
 
 #[test]
