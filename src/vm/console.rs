@@ -91,16 +91,23 @@ impl Console {
                 return Ok(());
             }
             self.partial.extend_from_slice(&block[..read]);
-            while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.partial.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line[..end]);
-                let line = line.strip_suffix('\r').unwrap_or(&line).to_owned();
-                self.line(line, log).await?;
-            }
-            while self.partial.len() >= crate::driver::MAX_CHUNK {
-                let piece: Vec<u8> = self.partial.drain(..crate::driver::MAX_CHUNK).collect();
-                self.line(String::from_utf8_lossy(&piece).into_owned(), log)
-                    .await?;
+            loop {
+                let newline = self.partial.iter().position(|&b| b == b'\n');
+                match newline {
+                    Some(end) if end <= crate::driver::MAX_CHUNK => {
+                        let line: Vec<u8> = self.partial.drain(..=end).collect();
+                        let line = String::from_utf8_lossy(&line[..end]);
+                        let line = line.strip_suffix('\r').unwrap_or(&line).to_owned();
+                        self.line(line, log).await?;
+                    }
+                    _ if self.partial.len() >= crate::driver::MAX_CHUNK => {
+                        let piece: Vec<u8> =
+                            self.partial.drain(..crate::driver::MAX_CHUNK).collect();
+                        self.line(String::from_utf8_lossy(&piece).into_owned(), log)
+                            .await?;
+                    }
+                    _ => break,
+                }
             }
         }
     }
@@ -233,5 +240,30 @@ mod tests {
                 .iter()
                 .any(|line| line.contains("Linux version"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_without_newline_is_passed_on_in_bounded_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let chunk = crate::driver::MAX_CHUNK;
+        let long = "x".repeat(chunk * 3 + 5);
+        std::fs::write(
+            &path,
+            format!("@@kiln-job-start-n1@@ 1\r\n{long}\r\n@@kiln-job-end-n1@@ 0\r\n"),
+        )
+        .unwrap();
+        let mut console = Console::new(path, "n1");
+        let mut log = Vec::new();
+        console.poll(&mut log).await.unwrap();
+        console.finish(&mut log).await.unwrap();
+        // Never more than one block and one piece held.
+        assert!(console.partial.capacity() < 4 * chunk);
+        let lines: Vec<usize> = String::from_utf8(log)
+            .unwrap()
+            .lines()
+            .map(str::len)
+            .collect();
+        assert_eq!(lines, [chunk, chunk, chunk, 5]);
     }
 }
