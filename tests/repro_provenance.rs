@@ -187,7 +187,9 @@ fn every_build_records_a_statement_whose_subjects_and_materials_check_out() {
     git(&["commit", "-q", "-m", "one"]);
     let commit = git(&["rev-parse", "HEAD"]);
 
-    let run = project.run(&["--arg", "flavour=spicy"]);
+    // The git source is a sibling of the project: allowed explicitly.
+    let allow = repo.to_str().unwrap().to_owned();
+    let run = project.run(&["--arg", "flavour=spicy", "--allow-path", &allow]);
     assert_eq!(run.code, 0, "{}", run.describe());
 
     let output = project
@@ -322,7 +324,7 @@ fn every_build_records_a_statement_whose_subjects_and_materials_check_out() {
     assert!(!listed.contains("provenance"), "{listed}");
 
     // A cached rebuild records its own statement: same subjects, new id.
-    let again = project.run(&["--arg", "flavour=spicy"]);
+    let again = project.run(&["--arg", "flavour=spicy", "--allow-path", &allow]);
     assert_eq!(again.status("bin"), "cached");
     let second = project.kiln().args(["provenance", "2"]).output().unwrap();
     let second: Value = serde_json::from_slice(&second.stdout).unwrap();

@@ -278,7 +278,7 @@ fn a_missing_object_is_a_warning_and_a_missing_source_fails() {
     let broken = Project::new(
         r#"{
   driver = { type = "container"; image = "host"; };
-  sources = [ ../nonexistent-source ];
+  sources = [ ./nonexistent-source ];
   stages = [ "s" ];
   jobs = { j = { stage = "s"; commands = [ "true" ]; }; };
 }"#,
@@ -316,7 +316,15 @@ fn a_local_git_source_is_resolved_to_its_commit() {
     git(&["add", "file.txt"]);
     git(&["commit", "-q", "-m", "one"]);
     std::fs::write(repo.join("uncommitted.txt"), "no\n").unwrap();
-    let run = project.run(&[]);
+    // A sibling of the project: outside its root unless allowed.
+    let refused = project.run(&[]);
+    assert_eq!(refused.code, 3, "{}", refused.describe());
+    assert!(
+        refused.stderr.contains("outside the project root"),
+        "{}",
+        refused.stderr
+    );
+    let run = project.run(&["--allow-path", repo.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{}", run.describe());
     let resolved = run.of_type("source/resolved");
     assert_eq!(resolved[0]["revision"].as_str().unwrap().len(), 40);

@@ -13,6 +13,7 @@ pub mod djinn;
 pub mod eval;
 pub mod load;
 pub mod manifest;
+pub mod roots;
 pub mod source;
 pub mod syntax;
 pub mod value;

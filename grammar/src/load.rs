@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::diagnostic::{Diagnostic, Phase, Severity};
 use crate::eval::EvalOptions;
 use crate::manifest::{self, Format, Manifest};
+use crate::roots::AllowedRoots;
 use crate::source::SourceMap;
 use crate::value::Node;
 
@@ -17,6 +18,9 @@ use crate::value::Node;
 pub struct LoadOptions {
     /// `--arg NAME=VALUE`: arguments for a manifest that is a function.
     pub args: BTreeMap<String, String>,
+    /// `--allow-path DIR`: directories the manifest may read besides its
+    /// project root (see [`AllowedRoots`]).
+    pub allow_paths: Vec<PathBuf>,
 }
 
 /// Why a manifest could not be loaded.
@@ -80,6 +84,24 @@ pub fn load(path: &Path, options: &LoadOptions) -> Loaded {
     let mut sources = SourceMap::new();
     let format = format_of(path);
     let mut warnings = Vec::new();
+    // The one place a manifest's file access is configured: evaluation
+    // (imports, path literals, hashFile) and the build (path sources and
+    // objects, through `Manifest::roots`) check against these.
+    let roots = match AllowedRoots::for_manifest(path, &options.allow_paths) {
+        Ok(roots) => roots,
+        Err(error) => {
+            return Loaded {
+                sources,
+                warnings,
+                files: Vec::new(),
+                result: Err(LoadError::Io(Diagnostic::error(
+                    Phase::Io,
+                    error.to_string(),
+                    None,
+                ))),
+            };
+        }
+    };
     let evaluated = match format {
         Format::Djinn => {
             if !options.args.is_empty() {
@@ -94,7 +116,7 @@ pub fn load(path: &Path, options: &LoadOptions) -> Loaded {
             }
             read_djinn(path, &mut sources)
         }
-        Format::Kiln => read_kiln(path, options, &mut sources),
+        Format::Kiln => read_kiln(path, options, &roots, &mut sources),
     };
     let (node, files) = match evaluated {
         Ok(evaluated) => evaluated,
@@ -119,7 +141,10 @@ pub fn load(path: &Path, options: &LoadOptions) -> Loaded {
         .partition(|diagnostic| diagnostic.severity == Severity::Error);
     warnings.extend(more_warnings);
     let result = match converted.manifest {
-        Some(manifest) if errors.is_empty() => Ok(manifest),
+        Some(mut manifest) if errors.is_empty() => {
+            manifest.roots = roots;
+            Ok(manifest)
+        }
         _ => Err(LoadError::Invalid(errors)),
     };
     Loaded {
@@ -145,10 +170,12 @@ fn read_djinn(path: &Path, sources: &mut SourceMap) -> Result<(Node, Vec<PathBuf
 fn read_kiln(
     path: &Path,
     options: &LoadOptions,
+    roots: &AllowedRoots,
     sources: &mut SourceMap,
 ) -> Result<(Node, Vec<PathBuf>), Diagnostic> {
     let eval_options = EvalOptions {
         args: options.args.clone(),
+        roots: Some(roots.clone()),
         ..EvalOptions::default()
     };
     let evaluated = crate::eval::eval_file(path, &eval_options, sources)?;

@@ -73,6 +73,12 @@ impl SourceMap {
         id
     }
 
+    /// Forgets a file's text (a file that turned out not to be a
+    /// manifest): diagnostics may name it but never quote it.
+    pub fn redact(&mut self, id: FileId) {
+        self.files[id.0 as usize].text = "".into();
+    }
+
     pub fn file(&self, id: FileId) -> &SourceFile {
         &self.files[id.0 as usize]
     }

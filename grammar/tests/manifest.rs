@@ -59,7 +59,10 @@ fn options_for(case: &Path) -> LoadOptions {
             args.insert(name.to_string(), value.to_string());
         }
     }
-    LoadOptions { args }
+    LoadOptions {
+        args,
+        ..LoadOptions::default()
+    }
 }
 
 /// Loads a case as `kiln check` would, from the crate directory so file

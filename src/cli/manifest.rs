@@ -15,9 +15,8 @@ pub struct CheckArgs {
     /// Manifest files (.kiln, or Djinn .yml/.yaml)
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Argument for manifests that are functions (repeatable)
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
-    pub args: Vec<String>,
+    #[command(flatten)]
+    pub inputs: crate::cli::manifest::ManifestInputs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,9 +24,31 @@ pub struct EvalArgs {
     /// The manifest file (.kiln, or Djinn .yml/.yaml)
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+    #[command(flatten)]
+    pub inputs: crate::cli::manifest::ManifestInputs,
+}
+
+/// What every command that loads a manifest takes besides the file:
+/// `--arg` and `--allow-path`, turned into [`LoadOptions`] here only.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ManifestInputs {
     /// Argument for a manifest that is a function (repeatable)
     #[arg(long = "arg", value_name = "NAME=VALUE")]
     pub args: Vec<String>,
+    /// Let the manifest also read files under DIR (repeatable); without it a
+    /// manifest reads only under its project root (its git repository, else
+    /// its directory)
+    #[arg(long = "allow-path", value_name = "DIR")]
+    pub allow_paths: Vec<PathBuf>,
+}
+
+impl ManifestInputs {
+    pub fn load_options(&self) -> anyhow::Result<LoadOptions> {
+        Ok(LoadOptions {
+            args: parse_args(&self.args)?,
+            allow_paths: self.allow_paths.clone(),
+        })
+    }
 }
 
 /// `--arg NAME=VALUE` pairs; a malformed or repeated one is a usage error.
@@ -65,9 +86,7 @@ fn failure_code(error: &LoadError) -> u8 {
 }
 
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let options = LoadOptions {
-        args: parse_args(&args.args)?,
-    };
+    let options = args.inputs.load_options()?;
     let mut worst = 0u8;
     let mut stdout = std::io::stdout().lock();
     for file in &args.files {
@@ -106,9 +125,7 @@ fn count(n: usize, noun: &str) -> String {
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<ExitCode> {
-    let options = LoadOptions {
-        args: parse_args(&args.args)?,
-    };
+    let options = args.inputs.load_options()?;
     let loaded = load::load(&args.file, &options);
     eprint!("{}", loaded.render_diagnostics());
     match &loaded.result {

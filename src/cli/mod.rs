@@ -183,3 +183,11 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// A size such as `0`, `500MiB` or `2GiB`, in bytes (a clap value parser).
+pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("invalid size {text:?}: {e} (examples: 0, 500MiB, 2GiB)"))
+}

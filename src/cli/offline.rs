@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use kiln_grammar::load::{self, LoadError, LoadOptions};
+use kiln_grammar::load::{self, LoadError};
 use kiln_grammar::manifest::{Manifest, Source};
 use kiln_store::{BuildId, Store};
 
-use crate::cli::manifest::parse_args;
+use crate::cli::manifest::ManifestInputs;
 use crate::cli::records::BuildSelector;
 use crate::cli::run::find_manifest;
 use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
@@ -27,16 +27,16 @@ pub struct FetchArgs {
     /// The manifest [default: build.kiln, else .kiln/*.kiln, else .djinn.yml]
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
-    pub args: Vec<String>,
+    #[command(flatten)]
+    pub inputs: crate::cli::manifest::ManifestInputs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct LockArgs {
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
-    pub args: Vec<String>,
+    #[command(flatten)]
+    pub inputs: crate::cli::manifest::ManifestInputs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -48,8 +48,8 @@ pub enum BundleCommand {
         /// The bundle file to write
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
-        #[arg(long = "arg", value_name = "NAME=VALUE")]
-        args: Vec<String>,
+        #[command(flatten)]
+        inputs: crate::cli::manifest::ManifestInputs,
     },
     /// Verify a bundle, add it to this store and write its project out
     Import {
@@ -70,19 +70,17 @@ pub struct LoadedManifest {
 /// Loads a manifest; `Err(code)` when it is invalid (diagnostics printed).
 pub fn load_with_files(
     path: &Path,
-    raw_args: &[String],
+    inputs: &ManifestInputs,
 ) -> anyhow::Result<Result<LoadedManifest, ExitCode>> {
-    load_quietly(path, raw_args, false)
+    load_quietly(path, inputs, false)
 }
 
 fn load_quietly(
     path: &Path,
-    raw_args: &[String],
+    inputs: &ManifestInputs,
     quiet: bool,
 ) -> anyhow::Result<Result<LoadedManifest, ExitCode>> {
-    let options = LoadOptions {
-        args: parse_args(raw_args)?,
-    };
+    let options = inputs.load_options()?;
     let loaded = load::load(path, &options);
     if !quiet {
         eprint!("{}", loaded.render_diagnostics());
@@ -125,7 +123,7 @@ fn manifest_in(target: &Path) -> anyhow::Result<PathBuf> {
 
 pub fn fetch(store_dir: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
     let path = find_manifest(args.manifest.as_deref())?;
-    let loaded = match load_with_files(&path, &args.args)? {
+    let loaded = match load_with_files(&path, &args.inputs)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -185,7 +183,7 @@ pub fn fetch(store_dir: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
 
 pub fn lock(store_dir: &Path, args: LockArgs) -> anyhow::Result<ExitCode> {
     let path = find_manifest(args.manifest.as_deref())?;
-    let loaded = match load_with_files(&path, &args.args)? {
+    let loaded = match load_with_files(&path, &args.inputs)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -231,9 +229,9 @@ pub fn check_offline(store_dir: &Path, manifest: &Manifest) -> anyhow::Result<()
 
 /// `kiln run --locked`: what the manifest resolves to now must be what
 /// `kiln.lock` says, else the list of what drifted.
-pub fn check_locked(store_dir: &Path, path: &Path, raw_args: &[String]) -> anyhow::Result<()> {
+pub fn check_locked(store_dir: &Path, path: &Path, inputs: &ManifestInputs) -> anyhow::Result<()> {
     // `kiln run` has loaded it already and shown its warnings.
-    let loaded = match load_quietly(path, raw_args, true)? {
+    let loaded = match load_quietly(path, inputs, true)? {
         Ok(loaded) => loaded,
         Err(_) => bail!("--locked: {} is not a valid manifest", path.display()),
     };
@@ -260,8 +258,8 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
         BundleCommand::Create {
             target,
             output,
-            args,
-        } => create(store_dir, &target, &output, &args),
+            inputs,
+        } => create(store_dir, &target, &output, &inputs),
         BundleCommand::Import { file, directory } => {
             let mut store = Store::open(store_dir)?;
             let report = bundle::import(&mut store, &file, directory.as_deref())?;
@@ -291,7 +289,7 @@ fn create(
     store_dir: &Path,
     target: &str,
     output: &Path,
-    args: &[String],
+    inputs: &ManifestInputs,
 ) -> anyhow::Result<ExitCode> {
     let mut store = Store::open(store_dir)?;
     let is_build = !Path::new(target).exists() && target.parse::<BuildSelector>().is_ok();
@@ -319,7 +317,7 @@ fn create(
             .map(|b| b.id);
         (path, last)
     };
-    let loaded = match load_with_files(&manifest_path, args)? {
+    let loaded = match load_with_files(&manifest_path, inputs)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -328,7 +326,7 @@ fn create(
         manifest: &loaded.manifest,
         files: &loaded.files,
         build,
-        args,
+        args: &inputs.args,
     };
     let temporary = output.with_extension("partial");
     let file = std::fs::File::create(&temporary)

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use kiln_grammar::load::{self, LoadError, LoadOptions};
+use kiln_grammar::load::{self, LoadError};
 use kiln_grammar::manifest::Manifest;
 use kiln_store::{B3Digest, BuildStatus, RootKind, Store};
 use tokio::sync::watch;
 
-use crate::cli::manifest::parse_args;
+use crate::cli::manifest::{ManifestInputs, parse_args};
 use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
 use crate::driver::{CreateContext, Driver, Stop};
 use crate::events::{LocalBus, LocalOptions};
@@ -34,9 +34,8 @@ pub struct RunArgs {
     /// The manifest [default: build.kiln, else .kiln/*.kiln, else .djinn.yml]
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
-    /// Argument for a manifest that is a function (repeatable)
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
-    pub args: Vec<String>,
+    #[command(flatten)]
+    pub inputs: crate::cli::manifest::ManifestInputs,
     /// Jobs running at once [default: the number of cores]
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
@@ -58,14 +57,18 @@ pub struct RunArgs {
     /// artifacts with the recorded result (exit 6 when one differs)
     #[arg(long)]
     pub check: bool,
+    /// Bytes of each job's output its log keeps; past it the log ends with a
+    /// marker line and the rest is discarded (the job keeps running)
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::cli::parse_byte_size)]
+    pub log_limit: u64,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
-    pub args: Vec<String>,
+    #[command(flatten)]
+    pub inputs: crate::cli::manifest::ManifestInputs,
     /// Print the plan as JSON
     #[arg(long)]
     pub json: bool,
@@ -77,8 +80,8 @@ pub struct ExplainArgs {
     pub job: String,
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
-    pub args: Vec<String>,
+    #[command(flatten)]
+    pub inputs: crate::cli::manifest::ManifestInputs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,9 +136,9 @@ pub fn find_manifest(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 /// diagnostics are printed).
 fn load_manifest(
     path: &Path,
-    raw_args: &[String],
+    inputs: &ManifestInputs,
 ) -> anyhow::Result<Result<(Manifest, BuildGraph), ExitCode>> {
-    Ok(load_manifest_files(path, raw_args)?.map(|(manifest, graph, _)| (manifest, graph)))
+    Ok(load_manifest_files(path, inputs)?.map(|(manifest, graph, _)| (manifest, graph)))
 }
 
 /// A loaded manifest, its graph, and the files it was read from.
@@ -145,11 +148,9 @@ type LoadedManifest = (Manifest, BuildGraph, Vec<ManifestFile>);
 /// imports, as read) for the build's provenance.
 fn load_manifest_files(
     path: &Path,
-    raw_args: &[String],
+    inputs: &ManifestInputs,
 ) -> anyhow::Result<Result<LoadedManifest, ExitCode>> {
-    let options = LoadOptions {
-        args: parse_args(raw_args)?,
-    };
+    let options = inputs.load_options()?;
     let loaded = load::load(path, &options);
     eprint!("{}", loaded.render_diagnostics());
     let manifest = match loaded.result {
@@ -183,7 +184,7 @@ fn manifest_key(path: &Path) -> PathBuf {
 
 pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let path = find_manifest(args.manifest.as_deref())?;
-    let (manifest, graph, files) = match load_manifest_files(&path, &args.args)? {
+    let (manifest, graph, files) = match load_manifest_files(&path, &args.inputs)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -191,13 +192,13 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::cli::offline::check_offline(store_dir, &manifest)?;
     }
     if args.locked {
-        crate::cli::offline::check_locked(store_dir, &path, &args.args)?;
+        crate::cli::offline::check_locked(store_dir, &path, &args.inputs)?;
     }
 
     let invocation = Invocation {
         manifest: manifest_key(&path),
         files,
-        args: parse_args(&args.args)?.into_iter().collect(),
+        args: parse_args(&args.inputs.args)?.into_iter().collect(),
         no_cache: args.no_cache,
         check: args.check,
     };
@@ -210,6 +211,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         helper: std::env::current_exe().context("locating the kiln binary")?,
         temp_parent: std::env::temp_dir(),
         owner: owner_of(&manifest),
+        log_limit: args.log_limit,
     };
     // Open (and create) the store before the runtime: errors are plain.
     drop(
@@ -425,7 +427,7 @@ fn plan_jobs(
 
 pub fn plan(store_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let path = find_manifest(args.manifest.as_deref())?;
-    let (manifest, graph) = match load_manifest(&path, &args.args)? {
+    let (manifest, graph) = match load_manifest(&path, &args.inputs)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -473,7 +475,7 @@ pub fn plan(store_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> {
 
 pub fn explain(store_dir: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let path = find_manifest(args.manifest.as_deref())?;
-    let (manifest, graph) = match load_manifest(&path, &args.args)? {
+    let (manifest, graph) = match load_manifest(&path, &args.inputs)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };

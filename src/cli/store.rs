@@ -466,11 +466,7 @@ fn list(store: &Store, digest: &B3Digest, json: bool) -> anyhow::Result<()> {
 fn parse_size(text: Option<&str>) -> anyhow::Result<u64> {
     match text {
         None => Ok(DEFAULT_THRESHOLD),
-        Some(text) => text
-            .trim()
-            .parse::<bytesize::ByteSize>()
-            .map(|size| size.as_u64())
-            .map_err(|e| anyhow::anyhow!("invalid size {text:?}: {e} (examples: 0, 500MiB, 2GiB)")),
+        Some(text) => crate::cli::parse_byte_size(text).map_err(|e| anyhow::anyhow!(e)),
     }
 }
 

@@ -129,10 +129,11 @@ impl ContainerDriver {
             Ok(run) => run,
             Err(error) => return failed(format!("cannot prepare the sandbox: {error}")),
         };
-        let (stdout, stderr, output) = match super::output::start(&log, job.output.clone()) {
-            Ok(pipes) => pipes,
-            Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
-        };
+        let (stdout, stderr, output) =
+            match super::output::start(&log, job.log_limit, job.output.clone()) {
+                Ok(pipes) => pipes,
+                Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
+            };
         let mut command = tokio::process::Command::from(run.command(&self.helper));
         // Its own process group: a terminal's Ctrl-C reaches kiln, which stops
         // the job itself (Killed), not the helper directly.

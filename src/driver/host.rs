@@ -29,10 +29,11 @@ impl HostDriver {
         if let Err(error) = std::fs::write(&script, &job.script) {
             return failed(format!("cannot write {}: {error}", script.display()));
         }
-        let (stdout, stderr, output) = match super::output::start(&log, job.output.clone()) {
-            Ok(pipes) => pipes,
-            Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
-        };
+        let (stdout, stderr, output) =
+            match super::output::start(&log, job.log_limit, job.output.clone()) {
+                Ok(pipes) => pipes,
+                Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
+            };
         let mut command = tokio::process::Command::new("/bin/sh");
         command
             .arg(&script)

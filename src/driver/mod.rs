@@ -27,7 +27,7 @@ use tokio::sync::watch;
 pub use container::ContainerDriver;
 pub use env::{DEFAULT_PATH, HOME, hermetic_env};
 pub use host::HostDriver;
-pub use output::LineSink;
+pub use output::{DEFAULT_LOG_LIMIT, LineSink, MAX_CHUNK, truncated_marker};
 pub use qemu::{QemuDriver, VM_CACHE};
 
 use crate::graph::DriverKey;
@@ -103,6 +103,9 @@ pub struct JobRun {
     pub caches: Vec<(PathBuf, PathBuf)>,
     /// Receives the job's output lines as they come.
     pub output: Option<LineSink>,
+    /// The log keeps at most this many bytes of the job's output, then a
+    /// marker line; the rest is drained and discarded.
+    pub log_limit: u64,
 }
 
 /// How the workspace is given to the driver.

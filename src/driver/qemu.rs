@@ -146,10 +146,11 @@ impl QemuDriver {
             return failed("the qemu driver needs a layered workspace".into());
         };
         let vm_job = self.vm_job(&job, lower);
-        let (writer, output) = match super::output::start_writer(&log, job.output.clone()) {
-            Ok(pipe) => pipe,
-            Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
-        };
+        let (writer, output) =
+            match super::output::start_writer(&log, job.log_limit, job.output.clone()) {
+                Ok(pipe) => pipe,
+                Err(error) => return failed(format!("cannot create {}: {error}", log.display())),
+            };
         let mut console = tokio::fs::File::from_std(std::fs::File::from(OwnedFd::from(writer)));
         let cancel = {
             let mut stop = stop.clone();

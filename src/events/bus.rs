@@ -2,6 +2,8 @@
 //! on tokio's blocking pool so that interceptors may do synchronous IO
 //! (sqlite, terminals) without stalling the runtime's workers.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,17 @@ use super::{Envelope, Event, EventError, Router, now_ms};
 /// Interceptors flush at most this long after the first unflushed event:
 /// a burst of events becomes one batch (one sqlite transaction).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(25);
+
+/// Bytes of `job/output` events queued for the router at most: beyond it
+/// [`Emitter::emit_output`] drops lines (the job's log keeps them), so a
+/// job printing faster than the console or `--json` reader can take keeps
+/// kiln's memory bounded.
+pub const MAX_QUEUED_OUTPUT: usize = 16 << 20;
+
+/// What one queued output line is counted as: its text and the event around it.
+fn output_cost(job: &str, line: &str) -> usize {
+    job.len() + line.len() + 128
+}
 
 enum Message {
     Event {
@@ -21,22 +34,45 @@ enum Message {
     Finish,
 }
 
-/// Emits events into a build's bus. Cheap to clone; `emit` never blocks
-/// (the channel is unbounded), from async or sync code alike.
+/// Emits events into a build's bus. Cheap to clone; `emit` never blocks,
+/// from async or sync code alike. The channel is unbounded for the few
+/// events of a build's life cycle; job output, whose volume a job decides,
+/// goes through [`Emitter::emit_output`], which is bounded.
 #[derive(Clone)]
 pub struct Emitter {
     sender: mpsc::Sender<Message>,
     build: i64,
+    /// Bytes of `job/output` events sent and not yet dispatched.
+    queued_output: Arc<AtomicUsize>,
 }
 
 impl Emitter {
     /// Sends `event`, stamped with the current time. After the bus has
     /// finished the event goes nowhere: finish the bus last.
     pub fn emit(&self, event: Event) {
+        if let Event::JobOutput { job, line } = &event {
+            self.queued_output
+                .fetch_add(output_cost(job, line), Ordering::AcqRel);
+        }
         let _ = self.sender.send(Message::Event {
             time_ms: now_ms(),
             event,
         });
+    }
+
+    /// Sends a `job/output` line unless [`MAX_QUEUED_OUTPUT`] bytes of
+    /// output are already waiting for the router; `false` when it was
+    /// dropped (never blocks).
+    pub fn emit_output(&self, job: &str, line: &str) -> bool {
+        let cost = output_cost(job, line);
+        if self.queued_output.load(Ordering::Acquire) + cost > MAX_QUEUED_OUTPUT {
+            return false;
+        }
+        self.emit(Event::JobOutput {
+            job: job.to_owned(),
+            line: line.to_owned(),
+        });
+        true
     }
 
     /// Feeds an envelope made by another bus (e.g. received from a child
@@ -72,9 +108,15 @@ impl EventBus {
     pub fn start(build: i64, router: Router) -> Result<EventBus, EventError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| EventError::NoRuntime)?;
         let (sender, receiver) = mpsc::channel();
-        let task = runtime.spawn_blocking(move || drain(build, router, receiver));
+        let queued_output = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::clone(&queued_output);
+        let task = runtime.spawn_blocking(move || drain(build, router, receiver, &queued));
         Ok(EventBus {
-            emitter: Emitter { sender, build },
+            emitter: Emitter {
+                sender,
+                build,
+                queued_output,
+            },
             task,
         })
     }
@@ -108,6 +150,7 @@ fn drain(
     build: i64,
     mut router: Router,
     receiver: mpsc::Receiver<Message>,
+    queued_output: &AtomicUsize,
 ) -> (BusReport, Vec<EventError>) {
     let mut report = BusReport::default();
     let mut next_seq: u64 = 1;
@@ -119,6 +162,9 @@ fn drain(
         };
         let envelope = match message {
             Ok(Message::Event { time_ms, event }) => {
+                if let Event::JobOutput { job, line } = &event {
+                    queued_output.fetch_sub(output_cost(job, line), Ordering::AcqRel);
+                }
                 let seq = next_seq;
                 next_seq += 1;
                 Envelope {
@@ -338,6 +384,43 @@ mod tests {
         let seen = recorder.seen.lock().unwrap();
         assert_eq!(seen[0], remote);
         assert_eq!(seen[1].seq, 42);
+    }
+
+    /// Blocks the router on its first event until the gate opens.
+    struct Gate(Arc<Mutex<()>>);
+
+    impl Interceptor for Gate {
+        fn name(&self) -> &'static str {
+            "gate"
+        }
+        fn intercept(&mut self, _: &Envelope) -> Result<(), EventError> {
+            drop(self.0.lock().unwrap());
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn output_beyond_the_queue_bound_is_dropped_and_other_events_are_not() {
+        let gate = Arc::new(Mutex::new(()));
+        let closed = gate.lock().unwrap();
+        let recorder = Recorder::default();
+        let router = Router::new()
+            .interceptor(Route::All, Gate(Arc::clone(&gate)))
+            .interceptor(Route::All, recorder.clone());
+        let bus = EventBus::start(1, router).unwrap();
+        let emitter = bus.emitter();
+        let line = "x".repeat(1 << 20);
+        let sent = (0..64)
+            .filter(|_| emitter.emit_output("flood", &line))
+            .count();
+        // The router is stuck on the first line: about 16 MiB fit.
+        assert!((14..=17).contains(&sent), "{sent} lines queued");
+        emitter.emit(warning(1));
+        drop(closed);
+        bus.finish().await.unwrap();
+        let seen = recorder.seen.lock().unwrap();
+        assert_eq!(seen.len(), sent + 1);
+        assert_eq!(seen.last().unwrap().event, warning(1));
     }
 
     #[test]

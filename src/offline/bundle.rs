@@ -117,7 +117,7 @@ pub fn create(
                         "a path source outside the manifest's directory cannot be bundled",
                     )
                 })?;
-                let resolved = crate::resolve::resolve_source(store, &roots, &manifest.dir, source)?;
+                let resolved = crate::resolve::resolve_source(store, &roots, manifest, source)?;
                 let node = node_of(store, resolved.object)?;
                 tree.place(store, &join("project", &relative), node)?;
                 report.sources += 1;

@@ -84,7 +84,7 @@ impl Lock {
             else {
                 continue;
             };
-            let resolved = crate::resolve::resolve_source(store, roots, &manifest.dir, source)?;
+            let resolved = crate::resolve::resolve_source(store, roots, manifest, source)?;
             sources.push(SourceLock {
                 url: url.clone(),
                 reference: reference.clone().unwrap_or_else(|| DEFAULT_REF.into()),

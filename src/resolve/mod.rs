@@ -11,7 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use kiln_grammar::manifest::{Object, ObjectSource, Source};
+use kiln_grammar::manifest::{Manifest, Object, ObjectSource, Source};
+use kiln_grammar::roots::Outside;
 use kiln_store::{
     AddOptions, B3Digest, Node, ObjectKind, ObjectRef, RootKind, Store, StoreError, TempRoots,
 };
@@ -34,6 +35,31 @@ pub enum ResolveError {
     Git { url: String, reason: String },
     #[error("object {src}: {reason}")]
     Object { src: String, reason: String },
+    #[error("{what} {label}: {source}")]
+    Outside {
+        what: &'static str,
+        label: String,
+        #[source]
+        source: Outside,
+    },
+}
+
+/// `path` with symlinks resolved, if the manifest may read it (design
+/// §10: a manifest reads only under its project root and `--allow-path`).
+fn confined(
+    manifest: &Manifest,
+    what: &'static str,
+    label: &str,
+    path: &Path,
+) -> Result<PathBuf, ResolveError> {
+    manifest
+        .roots
+        .check(path)
+        .map_err(|source| ResolveError::Outside {
+            what,
+            label: label.to_owned(),
+            source,
+        })
 }
 
 /// A source as it entered the base layer.
@@ -61,11 +87,13 @@ pub struct PlacedObject {
 pub fn resolve_source(
     store: &mut Store,
     roots: &TempRoots,
-    manifest_dir: &Path,
+    manifest: &Manifest,
     source: &Source,
 ) -> Result<ResolvedSource, ResolveError> {
+    let manifest_dir = &manifest.dir;
     match source {
         Source::Path { path, dir } => {
+            confined(manifest, "source", &path.relative, &path.absolute)?;
             let absolute = &path.absolute;
             if std::fs::symlink_metadata(absolute).is_err() {
                 return Err(ResolveError::Path {
@@ -98,6 +126,7 @@ pub fn resolve_source(
                 );
             }
             let repo = local_repository(url, manifest_dir)?;
+            confined(manifest, "git source", url, &repo)?;
             let commit = resolve_commit(url, &repo, reference.as_deref())?;
             if let Some(rev) = rev
                 && !(commit.starts_with(rev.as_str()) && rev.len() >= 4)
@@ -277,12 +306,13 @@ pub(crate) fn export_commit(
 pub fn place_object(
     store: &mut Store,
     roots: &TempRoots,
-    manifest_dir: &Path,
+    manifest: &Manifest,
     workspace: Option<&str>,
     object: &Object,
 ) -> Result<PlacedObject, ResolveError> {
     let (label, stored, executable) = match &object.src {
         ObjectSource::Path(path) => {
+            confined(manifest, "object", &path.relative, &path.absolute)?;
             let stored = add_file(store, roots, &path.absolute)?;
             (path.relative.clone(), stored, is_executable(&path.absolute))
         }
@@ -292,7 +322,8 @@ pub fn place_object(
                 (name.clone(), root.object, false)
             }
             _ => {
-                let path = manifest_dir.join(name);
+                let path = manifest.dir.join(name);
+                confined(manifest, "object", name, &path)?;
                 let stored = add_file(store, roots, &path)?;
                 (name.clone(), stored, is_executable(&path))
             }

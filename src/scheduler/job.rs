@@ -176,6 +176,7 @@ pub(crate) async fn run_job(
                     .flat_map(|cache| cache.mounts.iter().cloned())
                     .collect(),
                 output: Some(output_sink(emitter.clone(), name.clone())),
+                log_limit: shared.options.log_limit,
             };
             let outcome = driver.run(run, shared.stop.clone()).await;
             Some((outcome, workspace, merged))
@@ -423,13 +424,27 @@ fn check_event(
     }
 }
 
-/// Emits each output line of `job` as a `job/output` event.
+/// Emits each output line of `job` as a `job/output` event. Lines the bus
+/// has no room for are dropped (the log has them) and counted in a note
+/// once there is room again.
 fn output_sink(emitter: crate::events::Emitter, job: String) -> LineSink {
+    let dropped = std::sync::atomic::AtomicU64::new(0);
     LineSink(Arc::new(move |line: &str| {
-        emitter.emit(Event::JobOutput {
-            job: job.clone(),
-            line: line.to_owned(),
-        });
+        use std::sync::atomic::Ordering;
+        let missed = dropped.load(Ordering::Relaxed);
+        if missed > 0 {
+            let note = format!(
+                "kiln: {missed} line(s) of output not shown here (the console fell behind); the job's log has them"
+            );
+            if !emitter.emit_output(&job, &note) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            dropped.store(0, Ordering::Relaxed);
+        }
+        if !emitter.emit_output(&job, line) {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }))
 }
 

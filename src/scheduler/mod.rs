@@ -70,6 +70,8 @@ pub struct RunOptions {
     /// Whose build this is (curation, `explain` records): the manifest's
     /// directory.
     pub owner: String,
+    /// Bytes of each job's output its log keeps (`--log-limit`).
+    pub log_limit: u64,
 }
 
 /// What the build came to.

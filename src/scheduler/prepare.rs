@@ -139,13 +139,7 @@ impl StoreCtx {
             .objects
             .iter()
             .map(|object| {
-                resolve::place_object(
-                    &mut self.store,
-                    &self.roots,
-                    &manifest.dir,
-                    workspace,
-                    object,
-                )
+                resolve::place_object(&mut self.store, &self.roots, manifest, workspace, object)
             })
             .collect()
     }
@@ -157,9 +151,7 @@ impl StoreCtx {
         manifest
             .sources
             .iter()
-            .map(|source| {
-                resolve::resolve_source(&mut self.store, &self.roots, &manifest.dir, source)
-            })
+            .map(|source| resolve::resolve_source(&mut self.store, &self.roots, manifest, source))
             .collect()
     }
 

@@ -10,6 +10,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::VmError;
 
+/// Bytes of the console file read at a time.
+const CONSOLE_BLOCK: usize = 64 << 10;
+
 /// Boot console lines kept for the log when the boot fails.
 const CONSOLE_TAIL: usize = 60;
 
@@ -69,22 +72,44 @@ impl Console {
         if self.file.is_none() {
             self.file = std::fs::File::open(&self.path).ok();
         }
-        let Some(file) = self.file.as_mut() else {
+        if self.file.is_none() {
             return Ok(());
-        };
-        let mut fresh = Vec::new();
-        file.read_to_end(&mut fresh).map_err(|source| VmError::Io {
-            context: format!("reading the console {}", self.path.display()),
-            source,
-        })?;
-        self.partial.extend_from_slice(&fresh);
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..end]);
-            let line = line.strip_suffix('\r').unwrap_or(&line).to_owned();
-            self.line(line, log).await?;
         }
-        Ok(())
+        // Read in bounded blocks, and a line longer than MAX_CHUNK is
+        // passed on in pieces: a guest printing gigabytes without a newline
+        // costs kiln no more memory than one block.
+        let mut block = vec![0u8; CONSOLE_BLOCK];
+        loop {
+            let Some(file) = self.file.as_mut() else {
+                return Ok(());
+            };
+            let read = file.read(&mut block).map_err(|source| VmError::Io {
+                context: format!("reading the console {}", self.path.display()),
+                source,
+            })?;
+            if read == 0 {
+                return Ok(());
+            }
+            self.partial.extend_from_slice(&block[..read]);
+            loop {
+                let newline = self.partial.iter().position(|&b| b == b'\n');
+                match newline {
+                    Some(end) if end <= crate::driver::MAX_CHUNK => {
+                        let line: Vec<u8> = self.partial.drain(..=end).collect();
+                        let line = String::from_utf8_lossy(&line[..end]);
+                        let line = line.strip_suffix('\r').unwrap_or(&line).to_owned();
+                        self.line(line, log).await?;
+                    }
+                    _ if self.partial.len() >= crate::driver::MAX_CHUNK => {
+                        let piece: Vec<u8> =
+                            self.partial.drain(..crate::driver::MAX_CHUNK).collect();
+                        self.line(String::from_utf8_lossy(&piece).into_owned(), log)
+                            .await?;
+                    }
+                    _ => break,
+                }
+            }
+        }
     }
 
     async fn line<W: AsyncWrite + Unpin>(
@@ -215,5 +240,30 @@ mod tests {
                 .iter()
                 .any(|line| line.contains("Linux version"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_without_newline_is_passed_on_in_bounded_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        let chunk = crate::driver::MAX_CHUNK;
+        let long = "x".repeat(chunk * 3 + 5);
+        std::fs::write(
+            &path,
+            format!("@@kiln-job-start-n1@@ 1\r\n{long}\r\n@@kiln-job-end-n1@@ 0\r\n"),
+        )
+        .unwrap();
+        let mut console = Console::new(path, "n1");
+        let mut log = Vec::new();
+        console.poll(&mut log).await.unwrap();
+        console.finish(&mut log).await.unwrap();
+        // Never more than one block and one piece held.
+        assert!(console.partial.capacity() < 4 * chunk);
+        let lines: Vec<usize> = String::from_utf8(log)
+            .unwrap()
+            .lines()
+            .map(str::len)
+            .collect();
+        assert_eq!(lines, [chunk, chunk, chunk, 5]);
     }
 }

@@ -2,7 +2,9 @@
 
 use std::rc::Rc;
 
-use super::machine::{BoxedDiagnostic, EvalResult, MAX_VALUE_DEPTH, Machine, error};
+use super::machine::{
+    ATTR_ENTRY, BoxedDiagnostic, EvalResult, LIST_ITEM, MAX_VALUE_DEPTH, Machine, THUNK, error,
+};
 use super::runtime::*;
 use crate::source::Span;
 use crate::syntax::Name;
@@ -77,6 +79,7 @@ impl Machine<'_> {
             Builtin::Map => {
                 let items = self.want_list(arg(1), builtin, 1, span)?;
                 self.charge(items.len(), span)?;
+                self.allocate(items.len() * LIST_ITEM, span)?;
                 let mapped: Rc<[ThunkId]> = items
                     .iter()
                     .map(|&item| {
@@ -139,6 +142,7 @@ impl Machine<'_> {
                     return Err(error(span, "`tail` of an empty list"));
                 }
                 self.charge(items.len(), span)?;
+                self.allocate(items.len() * LIST_ITEM, span)?;
                 value(ValueKind::List(items[1..].into()))
             }
             Builtin::ElemAt => {
@@ -169,6 +173,7 @@ impl Machine<'_> {
             Builtin::AttrNames => {
                 let attrs = self.want_attrs(arg(0), builtin, 0, span)?;
                 self.charge(attrs.len(), span)?;
+                self.allocate(attrs.len() * (LIST_ITEM + ATTR_ENTRY), span)?;
                 let names: Vec<ThunkId> = attrs
                     .iter()
                     .map(|(name, slot)| {
@@ -183,6 +188,7 @@ impl Machine<'_> {
             Builtin::AttrValues => {
                 let attrs = self.want_attrs(arg(0), builtin, 0, span)?;
                 self.charge(attrs.len(), span)?;
+                self.allocate(attrs.len() * LIST_ITEM, span)?;
                 let values: Vec<ThunkId> = attrs.values().map(|slot| slot.value).collect();
                 value(ValueKind::List(values.into()))
             }
@@ -205,6 +211,7 @@ impl Machine<'_> {
             Builtin::ListToAttrs => {
                 let items = self.want_list(arg(0), builtin, 0, span)?;
                 self.charge(items.len(), span)?;
+                self.allocate(items.len() * ATTR_ENTRY, span)?;
                 let mut attrs = AttrMap::new();
                 for &item in items.iter() {
                     let entry = self.force(item)?;
@@ -245,6 +252,7 @@ impl Machine<'_> {
             Builtin::MapAttrs => {
                 let attrs = self.want_attrs(arg(1), builtin, 1, span)?;
                 self.charge(attrs.len(), span)?;
+                self.allocate(attrs.len() * ATTR_ENTRY, span)?;
                 let mut mapped = AttrMap::new();
                 for (name, slot) in attrs.iter() {
                     let name_thunk = self.done(Value {
@@ -287,6 +295,7 @@ impl Machine<'_> {
                         .with_related(span, "in this call"));
                     };
                     self.charge(items.len(), span)?;
+                    self.allocate(items.len() * LIST_ITEM, span)?;
                     out.extend_from_slice(items);
                 }
                 value(ValueKind::List(out.into()))
@@ -307,6 +316,7 @@ impl Machine<'_> {
                         ));
                     };
                     self.charge(mapped.len(), span)?;
+                    self.allocate(mapped.len() * LIST_ITEM, span)?;
                     out.extend_from_slice(mapped);
                 }
                 value(ValueKind::List(out.into()))
@@ -324,6 +334,7 @@ impl Machine<'_> {
                     self.check_string_len(out.len(), span)?;
                 }
                 self.charge(out.len() / 256, span)?;
+                self.allocate(out.len(), span)?;
                 value(ValueKind::Str(out.into()))
             }
             Builtin::GenList => {
@@ -335,6 +346,7 @@ impl Machine<'_> {
                     ));
                 };
                 self.charge(count, span)?;
+                self.allocate(count.saturating_mul(LIST_ITEM), span)?;
                 let items: Rc<[ThunkId]> = (0..count)
                     .map(|index| {
                         let index = self.done(Value {
@@ -358,6 +370,7 @@ impl Machine<'_> {
                 let mut out = std::mem::take(&mut self.scratch);
                 out.clear();
                 self.write_to_string(&v, &mut out, 0, span)?;
+                self.allocate(out.len(), span)?;
                 let text: Rc<str> = Rc::from(out.as_str());
                 self.scratch = out;
                 value(ValueKind::Str(text))
@@ -367,6 +380,7 @@ impl Machine<'_> {
                 let json = self.json_of(v, 0, span)?;
                 let text = serde_json::to_string(&json).unwrap_or_default();
                 self.check_string_len(text.len(), span)?;
+                self.allocate(text.len(), span)?;
                 value(ValueKind::Str(text.into()))
             }
             Builtin::Throw => {
@@ -400,6 +414,7 @@ impl Machine<'_> {
                 let out = replace_strings(&subject, &patterns, &replacements);
                 self.check_string_len(out.len(), span)?;
                 self.charge(out.len() / 256, span)?;
+                self.allocate(out.len(), span)?;
                 value(ValueKind::Str(out.into()))
             }
             Builtin::SplitString => {
@@ -410,6 +425,7 @@ impl Machine<'_> {
                 let subject = self.want_string(arg(1), builtin, 1, span)?;
                 let pieces: Vec<&str> = subject.split(&*separator).collect();
                 self.charge(pieces.len(), span)?;
+                self.allocate(subject.len() + pieces.len() * (LIST_ITEM + THUNK), span)?;
                 let items: Vec<ThunkId> = pieces
                     .into_iter()
                     .map(|piece| {
@@ -423,6 +439,7 @@ impl Machine<'_> {
             }
             Builtin::HashFile => {
                 let path = self.want_path(arg(0), builtin, 0, span)?;
+                self.confine(&path, span, "hash")?;
                 self.record_file(&path);
                 match super::hash::hash_path(&path) {
                     Ok(hex) => value(ValueKind::Str(hex.into())),

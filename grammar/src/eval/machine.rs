@@ -19,6 +19,12 @@ use crate::value::{Attr, Data, Node};
 /// fail cleanly, not exhaust memory.
 pub(crate) const MAX_STRING: usize = 64 << 20;
 
+/// What the memory budget counts per list element (a thunk id), per
+/// attribute (name, span, thunk id and the map's overhead) and per thunk.
+pub(crate) const LIST_ITEM: usize = std::mem::size_of::<ThunkId>();
+pub(crate) const ATTR_ENTRY: usize = 64;
+pub(crate) const THUNK: usize = std::mem::size_of::<Thunk>();
+
 /// How deeply a forced value may nest (lists in sets in lists ...).
 /// Self-referential values (`let x = [ x ]; in x`) hit this.
 pub(crate) const MAX_VALUE_DEPTH: usize = 1000;
@@ -58,6 +64,9 @@ pub(crate) struct Machine<'s> {
     pub sources: &'s mut SourceMap,
     options: &'s EvalOptions,
     steps: u64,
+    /// Bytes of strings, lists, attribute sets and forced values built so
+    /// far (the thunk and scope arenas are counted by their length).
+    allocated: u64,
     depth: usize,
     /// Every file read, in order of first use, without duplicates.
     pub files: Vec<PathBuf>,
@@ -71,6 +80,8 @@ pub(crate) struct Machine<'s> {
     imports: HashMap<PathBuf, Value>,
     import_stack: Vec<PathBuf>,
     builtins_set: Option<Value>,
+    /// The directories files may be read from.
+    roots: crate::roots::AllowedRoots,
     /// Reused buffer for building strings.
     pub scratch: String,
 }
@@ -89,6 +100,7 @@ impl<'s> Machine<'s> {
         options: &'s EvalOptions,
         root_dir: PathBuf,
         root_display_dir: PathBuf,
+        roots: crate::roots::AllowedRoots,
     ) -> Machine<'s> {
         Machine {
             ast: Ast::new(),
@@ -102,6 +114,7 @@ impl<'s> Machine<'s> {
             sources,
             options,
             steps: 0,
+            allocated: 0,
             depth: 0,
             files: Vec::new(),
             seen_files: HashSet::new(),
@@ -111,6 +124,7 @@ impl<'s> Machine<'s> {
             imports: HashMap::new(),
             import_stack: Vec::new(),
             builtins_set: None,
+            roots,
             scratch: String::new(),
         }
     }
@@ -126,8 +140,50 @@ impl<'s> Machine<'s> {
         let dir = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
         self.file_dirs.insert(file, dir);
         self.record_file(absolute);
-        let root = syntax::parse(file, self.sources, &mut self.ast)?;
+        let root = match syntax::parse(file, self.sources, &mut self.ast) {
+            Ok(root) => root,
+            Err(diagnostic) if !self.import_stack.is_empty() && !is_manifest_name(absolute) => {
+                return Err(self.not_a_manifest(file, &diagnostic));
+            }
+            Err(diagnostic) => return Err(Box::new(diagnostic)),
+        };
         self.eval(root, EnvId(0))
+    }
+
+    /// The error for an imported file that is not named like a manifest
+    /// and does not parse as one: it names the file and where parsing
+    /// stopped, but quotes nothing of it (it may be any file, a secret).
+    fn not_a_manifest(&mut self, file: FileId, diagnostic: &Diagnostic) -> Box<Diagnostic> {
+        let name = self.sources.file(file).name.clone();
+        let at = diagnostic
+            .span
+            .filter(|span| span.file == file)
+            .map(|span| {
+                let (line, col) = self.sources.line_col(file, span.start);
+                format!(" (it stops parsing at line {line}, column {col})")
+            });
+        self.sources.redact(file);
+        Box::new(
+            Diagnostic::error(
+                Phase::Syntax,
+                format!(
+                    "cannot import `{name}`: it is not a kiln manifest{}",
+                    at.unwrap_or_default()
+                ),
+                None,
+            )
+            .with_help(
+                "only kiln manifests can be imported; kiln shows no excerpt of a file that is not one",
+            ),
+        )
+    }
+
+    /// `path` may be read, or the located error saying why not.
+    pub fn confine(&self, path: &Path, span: Span, what: &str) -> EvalResult<()> {
+        self.roots.check(path).map(|_| ()).map_err(|outside| {
+            error(span, format!("cannot {what} {outside}"))
+                .with_label("this path is outside the project")
+        })
     }
 
     // -----------------------------------------------------------------------
@@ -238,7 +294,43 @@ impl<'s> Machine<'s> {
         if self.steps > self.options.max_steps {
             return Err(self.budget_exhausted(span));
         }
+        if self.memory_used() > self.options.max_memory {
+            return Err(self.memory_exhausted(span));
+        }
         Ok(())
+    }
+
+    /// Bytes the evaluation holds by the memory budget's count.
+    fn memory_used(&self) -> u64 {
+        self.allocated
+            + (self.thunks.len() * THUNK) as u64
+            + (self.envs.len() * std::mem::size_of::<Scope>()) as u64
+    }
+
+    /// Counts `bytes` about to be allocated for a value built at `span`
+    /// against [`EvalOptions::max_memory`].
+    pub fn allocate(&mut self, bytes: usize, span: Span) -> EvalResult<()> {
+        self.allocated = self.allocated.saturating_add(bytes as u64);
+        if self.memory_used() > self.options.max_memory {
+            return Err(self.memory_exhausted(span));
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn memory_exhausted(&self, span: Span) -> Box<Diagnostic> {
+        error(
+            span,
+            format!(
+                "evaluation exceeded its memory budget of {} MiB",
+                self.options.max_memory >> 20
+            ),
+        )
+        .with_label("building this value when the budget ran out")
+        .with_help(
+            "the manifest builds more data than a build description needs (large strings copied many times?); \
+             the budget is `EvalOptions::max_memory`",
+        )
     }
 
     #[cold]
@@ -457,6 +549,7 @@ impl<'s> Machine<'s> {
             }
             self.check_string_len(out.len(), span)?;
         }
+        self.allocate(out.len(), span)?;
         let text: Rc<str> = Rc::from(out.as_str());
         self.scratch = out;
         Ok(Value {
@@ -473,6 +566,7 @@ impl<'s> Machine<'s> {
         let text = text.clone();
         let dir = self.file_dirs.get(&span.file).cloned().unwrap_or_default();
         let path = normalize(&dir.join(&*text));
+        self.confine(&path, span, "use the path")?;
         self.record_file(&path);
         Ok(Value {
             kind: ValueKind::Path(path.into()),
@@ -508,6 +602,7 @@ impl<'s> Machine<'s> {
             return Err(internal(span));
         };
         let count = items.len();
+        self.allocate(count * LIST_ITEM, span)?;
         let thunks: Rc<[ThunkId]> = (0..count)
             .map(|index| {
                 let item = match &self.ast[expr].kind {
@@ -534,6 +629,7 @@ impl<'s> Machine<'s> {
         } else {
             self.eval_plain_set(expr, env)?
         };
+        self.allocate(attrs.len() * ATTR_ENTRY, span)?;
         Ok(Value {
             kind: ValueKind::Attrs(Rc::new(attrs)),
             span,
@@ -797,10 +893,12 @@ impl<'s> Machine<'s> {
             match (&v.kind, op) {
                 (ValueKind::List(list), BinaryOp::Concat) => {
                     self.charge(list.len(), span)?;
+                    self.allocate(list.len() * LIST_ITEM, span)?;
                     items.extend_from_slice(list);
                 }
                 (ValueKind::Attrs(set), BinaryOp::Update) => {
                     self.charge(set.len(), span)?;
+                    self.allocate(set.len() * ATTR_ENTRY, span)?;
                     attrs.extend(set.iter().map(|(k, slot)| (k.clone(), *slot)));
                 }
                 (other, _) => {
@@ -868,6 +966,7 @@ impl<'s> Machine<'s> {
             (BinaryOp::Add, Str(a), Str(b)) => {
                 self.check_string_len(a.len() + b.len(), span)?;
                 self.charge((a.len() + b.len()) / 256, span)?;
+                self.allocate(a.len() + b.len(), span)?;
                 Str(format!("{a}{b}").into())
             }
             (BinaryOp::Add, Path(a), Str(b)) => {
@@ -878,13 +977,19 @@ impl<'s> Machine<'s> {
                 let joined = format!("{}{}", a.display(), b.display());
                 Path(normalize(std::path::Path::new(&joined)).into())
             }
-            (BinaryOp::Add, Str(a), Path(b)) => Str(format!("{a}{}", b.display()).into()),
+            (BinaryOp::Add, Str(a), Path(b)) => {
+                let joined = format!("{a}{}", b.display());
+                self.check_string_len(joined.len(), span)?;
+                self.allocate(joined.len(), span)?;
+                Str(joined.into())
+            }
             (BinaryOp::Add, _, _) => return Err(mismatch("add")),
             (BinaryOp::Sub, _, _) => return Err(mismatch("subtract")),
             (BinaryOp::Mul, _, _) => return Err(mismatch("multiply")),
             (BinaryOp::Div, _, _) => return Err(mismatch("divide")),
             (BinaryOp::Concat, List(a), List(b)) => {
                 self.charge(a.len() + b.len(), span)?;
+                self.allocate((a.len() + b.len()) * LIST_ITEM, span)?;
                 let mut items = Vec::with_capacity(a.len() + b.len());
                 items.extend_from_slice(a);
                 items.extend_from_slice(b);
@@ -895,6 +1000,7 @@ impl<'s> Machine<'s> {
             }
             (BinaryOp::Update, Attrs(a), Attrs(b)) => {
                 self.charge(a.len() + b.len(), span)?;
+                self.allocate((a.len() + b.len()) * ATTR_ENTRY, span)?;
                 if a.is_empty() {
                     Attrs(b.clone())
                 } else if b.is_empty() {
@@ -1395,6 +1501,7 @@ impl<'s> Machine<'s> {
     // Imports
 
     pub fn import(&mut self, path: &Path, span: Span) -> EvalResult<Value> {
+        self.confine(path, span, "import")?;
         let path = if path.is_dir() {
             path.join("default.kiln")
         } else {
@@ -1412,6 +1519,7 @@ impl<'s> Machine<'s> {
             return Err(error(span, format!("import cycle: {}", chain.join(" → ")))
                 .with_label("this import closes the cycle"));
         }
+        self.confine(&path, span, "import")?;
         let bytes = std::fs::read(&path).map_err(|e| {
             Diagnostic::error(
                 Phase::Io,
@@ -1423,7 +1531,17 @@ impl<'s> Machine<'s> {
             )
         })?;
         let display = self.display_name(&path);
-        let file = load_text(self.sources, &path, &display, bytes)?;
+        let file = match load_text(self.sources, &path, &display, bytes) {
+            Ok(file) => file,
+            Err(diagnostic) if !is_manifest_name(&path) => {
+                let file = diagnostic.span.map(|span| span.file);
+                return Err(match file {
+                    Some(file) => self.not_a_manifest(file, &diagnostic),
+                    None => diagnostic,
+                });
+            }
+            Err(diagnostic) => return Err(diagnostic),
+        };
         self.import_stack.push(path.clone());
         let result = self.eval_loaded_file(file, &path);
         self.import_stack.pop();
@@ -1458,9 +1576,17 @@ impl<'s> Machine<'s> {
             ValueKind::Null => Data::Null,
             ValueKind::Bool(b) => Data::Bool(b),
             ValueKind::Int(n) => Data::Int(n),
-            ValueKind::Str(s) => Data::Str(String::from(&*s)),
-            ValueKind::Path(p) => Data::Path(p.to_path_buf()),
+            ValueKind::Str(s) => {
+                // Each occurrence of a shared string becomes its own copy.
+                self.allocate(s.len(), value.span)?;
+                Data::Str(String::from(&*s))
+            }
+            ValueKind::Path(p) => {
+                self.allocate(p.as_os_str().len(), value.span)?;
+                Data::Path(p.to_path_buf())
+            }
             ValueKind::List(items) => {
+                self.allocate(items.len() * std::mem::size_of::<Node>(), value.span)?;
                 let mut nodes = Vec::with_capacity(items.len());
                 for &item in items.iter() {
                     let v = self.force(item)?;
@@ -1470,6 +1596,10 @@ impl<'s> Machine<'s> {
             }
             ValueKind::Attrs(attrs) => {
                 // Already in key order: collecting builds the map in bulk.
+                self.allocate(
+                    attrs.len() * (std::mem::size_of::<Node>() + ATTR_ENTRY),
+                    value.span,
+                )?;
                 let mut entries = Vec::with_capacity(attrs.len());
                 for (name, slot) in attrs.iter() {
                     let v = self.force(slot.value)?;
@@ -1513,6 +1643,13 @@ enum BindingPlan {
     Expr(ExprId),
     Inherit,
     From(ExprId),
+}
+
+/// Whether a file is named like a kiln manifest (`.kiln`): only those are
+/// quoted in diagnostics when they do not parse.
+fn is_manifest_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|extension| extension == "kiln")
 }
 
 fn normalize_display(path: &Path) -> PathBuf {

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::diagnostic::{Diagnostic, Phase};
+use crate::roots::AllowedRoots;
 use crate::source::{SourceMap, Span};
 use crate::syntax::{ExprKind, PARSER_STACK, Param};
 use crate::value::Node;
@@ -40,7 +41,19 @@ pub struct EvalOptions {
     /// How deeply evaluation may nest (expressions within expressions,
     /// function calls within calls).
     pub max_depth: usize,
+    /// Bytes of values evaluation may build (strings, lists, attribute
+    /// sets, thunks, and the forced result, where every occurrence of a
+    /// shared string counts again) before it stops with an error located
+    /// at the expression that went over.
+    pub max_memory: u64,
+    /// The directories imports, path literals and `hashFile` may reach;
+    /// `None`: the project root of the file evaluated
+    /// ([`AllowedRoots::for_manifest`] without `--allow-path`).
+    pub roots: Option<AllowedRoots>,
 }
+
+/// The default memory budget of an evaluation: 1 GiB.
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
 
 impl Default for EvalOptions {
     /// Generous: a manifest generating 10,000 jobs uses about 2% of the
@@ -50,6 +63,8 @@ impl Default for EvalOptions {
             args: BTreeMap::new(),
             max_steps: 20_000_000,
             max_depth: 20_000,
+            max_memory: DEFAULT_MAX_MEMORY,
+            roots: None,
         }
     }
 }
@@ -137,7 +152,12 @@ fn evaluate(
     let absolute = paths::absolute(path);
     let root_dir = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
     let display_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut machine = Machine::new(sources, options, root_dir, display_dir);
+    let roots = match &options.roots {
+        Some(roots) => roots.clone(),
+        None => AllowedRoots::for_manifest(&absolute, &[])
+            .map_err(|e| Diagnostic::error(Phase::Io, e.to_string(), None))?,
+    };
+    let mut machine = Machine::new(sources, options, root_dir, display_dir, roots);
     let result = (|| -> EvalResult<Evaluated> {
         let file = machine::load_text(machine.sources, &absolute, path, bytes)?;
         let root = machine.eval_loaded_file(file, &absolute)?;

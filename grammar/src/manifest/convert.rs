@@ -226,6 +226,7 @@ impl Converter<'_> {
             jobs,
             sequential: self.djinn(),
             dir: self.manifest_dir.to_path_buf(),
+            roots: crate::roots::AllowedRoots::new([self.manifest_dir.to_path_buf()]),
         })
     }
 

@@ -63,6 +63,10 @@ pub struct Manifest {
     /// objects that turn out to be files resolve against it.
     #[serde(skip)]
     pub dir: PathBuf,
+    /// What the build may read for path sources and objects: the roots the
+    /// manifest was loaded with (`crate::load::load` sets them).
+    #[serde(skip)]
+    pub roots: crate::roots::AllowedRoots,
 }
 
 impl Manifest {
