@@ -208,7 +208,6 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         check: args.check,
         store_dir: store_dir.to_path_buf(),
         helper: std::env::current_exe().context("locating the kiln binary")?,
-        temp_parent: std::env::temp_dir(),
         owner: owner_of(&manifest),
     };
     // Open (and create) the store before the runtime: errors are plain.
