@@ -168,7 +168,7 @@ mod tests {
         std::fs::create_dir_all(dead.join("job/work/work")).unwrap();
         std::fs::set_permissions(
             dead.join("job/work/work"),
-            std::fs::Permissions::from_mode(0),
+            std::fs::Permissions::from_mode(0o000),
         )
         .unwrap();
         std::fs::write(
