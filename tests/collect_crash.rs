@@ -567,3 +567,44 @@ fn sigkill_during_a_qemu_job_takes_qemu_down_with_kiln() {
     assert_eq!(next.code, 0, "{}", next.describe());
     project.assert_clean();
 }
+
+/// A build run by a non-root user (user namespaces, overlayfs `work/work`
+/// left mode 000 by the kernel) leaves no build directory behind. Control:
+/// the job really ran as that user.
+#[test]
+fn a_non_root_build_leaves_no_build_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "one" ];
+  jobs = { write = { stage = "one"; commands = [ "echo data > out.txt" ]; }; };
+}"#,
+    );
+    std::fs::set_permissions(project.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(project.dir.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--store")
+        .arg(&project.store)
+        .args(["run", "--json"])
+        .current_dir(project.root())
+        .env("TMPDIR", &project.tmp)
+        .env("HOME", project.dir.path())
+        .output()
+        .unwrap();
+    let run = support::parse(output);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    assert_eq!(run.status("write"), "passed", "{}", run.describe());
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(project.store.join("index.sqlite")).unwrap(),
+    );
+    assert_eq!(owner, 65534, "control: the build ran as nobody");
+    project.assert_clean();
+}
