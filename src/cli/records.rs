@@ -106,9 +106,13 @@ fn open(dir: &Path) -> anyhow::Result<Option<Store>> {
     if !dir.join("index.sqlite").exists() {
         return Ok(None);
     }
-    Store::open(dir)
-        .map(Some)
-        .with_context(|| format!("opening the store at {}", dir.display()))
+    let mut store =
+        Store::open(dir).with_context(|| format!("opening the store at {}", dir.display()))?;
+    // A build whose process died shows as failed, not running, from now on.
+    if let Err(error) = store.fail_dead_builds() {
+        eprintln!("warning: checking for builds whose process died: {error}");
+    }
+    Ok(Some(store))
 }
 
 fn resolve(store: Option<&Store>, selector: BuildSelector) -> anyhow::Result<BuildRecord> {

@@ -209,7 +209,6 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         check: args.check,
         store_dir: store_dir.to_path_buf(),
         helper: std::env::current_exe().context("locating the kiln binary")?,
-        temp_parent: std::env::temp_dir(),
         owner: owner_of(&manifest),
         log_limit: args.log_limit,
     };

@@ -264,6 +264,10 @@ pub fn run(dir: &Path, command: StoreCommand) -> anyhow::Result<ExitCode> {
             cache_threshold,
             json,
         } => {
+            // Builds whose process died are finished: their artifacts count.
+            if let Err(error) = store.fail_dead_builds() {
+                eprintln!("warning: checking for builds whose process died: {error}");
+            }
             let policy = CurationPolicy {
                 artifact_threshold: parse_size(threshold.as_deref())?,
                 cache_threshold: parse_size(cache_threshold.as_deref())?,

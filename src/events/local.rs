@@ -49,11 +49,21 @@ impl LocalBus {
             dir: store_dir.to_path_buf(),
             source,
         })?;
-        let build = store.create_build(owner)?;
+        // Builds whose process died (SIGKILL, crash) end as Failed now.
+        for dead in store.fail_dead_builds()? {
+            eprintln!(
+                "kiln: build {dead} marked failed: {}",
+                kiln_store::DEAD_BUILD_REASON
+            );
+        }
+        let (build, lease) = store.create_build_leased(owner)?;
         drop(store);
         let mut router = Router::new()
             .handler(BuildStatusHandler::ROUTE, BuildStatusHandler::default())
-            .interceptor(Route::All, Persist::open(store_dir, build)?);
+            .interceptor(
+                Route::All,
+                Persist::open(store_dir, build)?.with_lease(lease),
+            );
         let console = match options.console {
             ConsoleMode::Auto if std::io::stderr().is_terminal() => ConsoleMode::Live,
             ConsoleMode::Auto => ConsoleMode::Plain,

@@ -13,6 +13,10 @@ pub struct Persist {
     batch: BuildBatch,
     /// Whether a finished build status was recorded.
     ended: bool,
+    /// The build's lease (`Store::create_build_leased`): released when the
+    /// interceptor is dropped, after the last batch (the final status) is
+    /// recorded.
+    lease: Option<kiln_store::Lease>,
 }
 
 impl Persist {
@@ -32,7 +36,14 @@ impl Persist {
             build,
             batch: BuildBatch::default(),
             ended: false,
+            lease: None,
         }
+    }
+
+    /// Keeps `lease` (the build's) until this interceptor is dropped.
+    pub fn with_lease(mut self, lease: kiln_store::Lease) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     fn job(

@@ -240,6 +240,46 @@ impl Cgroup {
         Cgroup { dirs, prune }
     }
 
+    /// Removes `kiln/<pid>` cgroups whose helper is gone (kiln was killed
+    /// before it could clean up), in the v2 root and in this process's own
+    /// v1 `memory` and `pids` cgroups; returns what it removed. A cgroup
+    /// still holding processes refuses removal (EBUSY) and stays; one whose
+    /// helper pid is alive is not touched. Called at the start of a build.
+    pub fn sweep_stale() -> Vec<PathBuf> {
+        let root = Path::new(CGROUP_ROOT);
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mut parents = vec![root.join("kiln")];
+        for controller in ["memory", "pids"] {
+            let own = own_v1_cgroup(&own, controller);
+            parents.push(
+                root.join(controller)
+                    .join(own.strip_prefix("/").unwrap_or(own))
+                    .join("kiln"),
+            );
+        }
+        let mut removed = Vec::new();
+        for parent in parents {
+            let Ok(entries) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    continue;
+                }
+                if std::fs::remove_dir(entry.path()).is_ok() {
+                    removed.push(entry.path());
+                }
+            }
+            // Empty once the last sandbox's cgroup is gone.
+            let _ = std::fs::remove_dir(&parent);
+        }
+        removed
+    }
+
     /// Moves `pid` (the sandbox's PID 1, before it starts) into the cgroup.
     pub fn add(&self, sys: &mut impl Sys, pid: Pid) -> Result<(), SandboxError> {
         for dir in &self.dirs {

@@ -33,3 +33,6 @@ pub use run::SandboxRun;
 pub use spec::{
     Bind, HOST_VIEW_HIDDEN, Limits, RootFs, SCRIPT_PATH_INSIDE, SandboxSpec, WorkspaceSpec,
 };
+
+/// For the scheduler's sweep of cgroups left by dead builds.
+pub use cgroup::Cgroup;

@@ -53,13 +53,9 @@ pub(crate) async fn run_job(
     if cacheable && (checking || !shared.options.no_cache) {
         let found = shared
             .blocking(move |ctx, _| {
-                let result = ctx.store.lookup_job_result(&key)?;
-                if let Some(result) = &result {
-                    for artifact in &result.artifacts {
-                        ctx.roots.hold(artifact.object)?;
-                    }
-                }
-                Ok(result)
+                // Held in the lookup's own transaction: curation running
+                // now cannot sweep the layer dependents will restore.
+                Ok(ctx.store.lookup_job_result_held(&key, &ctx.roots)?)
             })
             .await?;
         let found = found.filter(|result| result.status == PASSED);
@@ -215,16 +211,28 @@ pub(crate) async fn run_job(
     let finished = shared
         .blocking(move |ctx, _| {
             let mut end = end;
-            let output = match (&end, &workspace) {
+            let captured = match (&end, &workspace) {
                 (JobEnd::Passed | JobEnd::Failed(_), Some(Workspace::Layers { upper, .. })) => {
-                    Some(layers::capture(&mut ctx.store, upper, &ctx.roots)?)
+                    layers::capture(&mut ctx.store, upper, &ctx.roots).map(Some)
                 }
                 (JobEnd::Passed | JobEnd::Failed(_), Some(Workspace::Scratch(scratch))) => {
-                    let after = layers::capture(&mut ctx.store, scratch, &ctx.roots)?;
-                    let before = merged.unwrap_or(after);
-                    Some(layers::diff(&mut ctx.store, &before, &after, &ctx.roots)?)
+                    layers::capture(&mut ctx.store, scratch, &ctx.roots).and_then(|after| {
+                        let before = merged.unwrap_or(after);
+                        layers::diff(&mut ctx.store, &before, &after, &ctx.roots).map(Some)
+                    })
                 }
-                _ => None,
+                _ => Ok(None),
+            };
+            // A failed capture (a full disk) fails the job, but its log is
+            // still stored: the job/end event and the record carry it.
+            let output = match captured {
+                Ok(output) => output,
+                Err(error) => {
+                    let message = format!("capturing the job's output failed: {error}");
+                    crate::driver::append_to_log(&log_path, &format!("kiln: {message}\n"));
+                    end = JobEnd::Failed(message);
+                    None
+                }
             };
             let mut artifacts: Vec<JobArtifact> = Vec::new();
             if let (JobEnd::Passed, Some(output)) = (&end, output) {

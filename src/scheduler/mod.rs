@@ -8,6 +8,7 @@
 //! timeout), `run_build` returns only after every job's processes are gone,
 //! every driver is destroyed and the build's temp dir is removed.
 
+pub mod builddir;
 mod caches;
 mod job;
 pub mod prepare;
@@ -65,8 +66,6 @@ pub struct RunOptions {
     pub store_dir: PathBuf,
     /// The kiln binary (the sandbox helper).
     pub helper: PathBuf,
-    /// Where the build's temp dir is made.
-    pub temp_parent: PathBuf,
     /// Whose build this is (curation, `explain` records): the manifest's
     /// directory.
     pub owner: String,
@@ -145,13 +144,20 @@ pub async fn run_build(
         stages: graph.stages.clone(),
         jobs: graph.jobs.len() as u32,
     });
-    let temp = tempfile::Builder::new()
-        .prefix("kiln-build-")
-        .tempdir_in(&options.temp_parent)
-        .map_err(|source| RunError::Io {
-            path: options.temp_parent.clone(),
-            source,
-        })?;
+    // Directories of builds that died (SIGKILL, power loss) go first.
+    for stale in builddir::sweep_stale(&options.store_dir) {
+        emitter.emit(Event::Warning {
+            job: None,
+            message: format!("removed {} left by a dead build", stale.display()),
+        });
+    }
+    for stale in crate::sandbox::Cgroup::sweep_stale() {
+        emitter.emit(Event::Warning {
+            job: None,
+            message: format!("removed cgroup {} left by a dead build", stale.display()),
+        });
+    }
+    let temp = builddir::BuildDir::create(&options.store_dir)?;
     let stop_sender = Arc::new(stop_sender);
     if let Some(timeout) = manifest.timeout {
         let sender = Arc::clone(&stop_sender);
@@ -196,11 +202,10 @@ pub async fn run_build(
         status,
         duration_ms: started.elapsed().as_millis() as u64,
     });
-    let temp_path = temp.path().to_path_buf();
     if let Err(error) = temp.close() {
         emitter.emit(Event::Warning {
             job: None,
-            message: format!("cannot remove {}: {error}", temp_path.display()),
+            message: format!("cannot remove the build directory: {error}"),
         });
     }
     let checks = checks

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::sync::watch;
 
 use super::qmp::QmpClient;
 use super::{Accel, VmError, VmJob};
@@ -29,10 +29,11 @@ pub(super) async fn connect(process: &mut QemuProcess) -> Result<QmpClient, Stri
             Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {}
             Err(e) => return Err(format!("cannot connect to QMP: {e}")),
         }
-        if let Ok(Some(status)) = process.child.try_wait() {
-            return Err(format!(
-                "QEMU exited before opening its QMP socket ({status})"
-            ));
+        if let Some(status) = process.try_wait() {
+            return Err(match status {
+                Some(status) => format!("QEMU exited before opening its QMP socket ({status})"),
+                None => "QEMU exited before opening its QMP socket".to_owned(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -106,10 +107,9 @@ impl Launch<'_> {
         ]);
         args.extend([
             "-qmp".to_owned(),
-            format!(
-                "unix:{},server=on,wait=off",
-                path(&self.run_dir.join("qmp.sock"))
-            ),
+            // Relative to QEMU's working directory (the run dir): the run
+            // dir's absolute path may exceed a socket address's 108 bytes.
+            "unix:qmp.sock,server=on,wait=off".to_owned(),
         ]);
         args.extend([
             "-kernel".to_owned(),
@@ -158,51 +158,130 @@ impl Launch<'_> {
         args
     }
 
+    /// Starts QEMU from a thread of its own that lives exactly as long as
+    /// QEMU: the thread forks, arms `PR_SET_PDEATHSIG(SIGKILL)` in the child,
+    /// then blocks in `wait` and reports the exit status. The parent-death
+    /// signal fires when the *thread* that forked exits; a tokio worker or
+    /// blocking-pool thread may exit while the VM still runs (idle blocking
+    /// threads do), a dedicated waiter cannot. So QEMU dies with kiln, even
+    /// when kiln is SIGKILLed, and is never killed early.
     pub(super) fn spawn(&self) -> Result<QemuProcess, VmError> {
+        use std::os::unix::process::CommandExt;
         let stderr = std::fs::File::create(self.run_dir.join("qemu.stderr")).map_err(|source| {
             VmError::Io {
                 context: "creating QEMU's stderr file".to_owned(),
                 source,
             }
         })?;
-        let child = Command::new(self.qemu)
+        let mut command = std::process::Command::new(self.qemu);
+        command
             .args(self.arguments())
             .current_dir(self.run_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
-            .kill_on_drop(true)
-            .process_group(0)
-            .spawn()
+            .process_group(0);
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe calls (prctl, getppid, _exit).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // kiln died between fork and prctl: the signal will never
+                // come, so do not start the VM at all.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<std::io::Result<u32>>();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let qemu = self.qemu.to_path_buf();
+        std::thread::Builder::new()
+            .name("kiln-qemu".to_owned())
+            .spawn(move || match command.spawn() {
+                Ok(mut child) => {
+                    let _ = started_tx.send(Ok(child.id()));
+                    let status = child.wait().ok();
+                    let _ = exit_tx.send(Some(status));
+                }
+                Err(error) => {
+                    let _ = started_tx.send(Err(error));
+                }
+            })
             .map_err(|e| VmError::Launch {
-                reason: format!("{}: {e}", self.qemu.display()),
+                reason: format!("cannot start QEMU's waiter thread: {e}"),
             })?;
+        let pid = started_rx
+            .recv()
+            .map_err(|_| VmError::Launch {
+                reason: "QEMU's waiter thread ended before starting it".to_owned(),
+            })?
+            .map_err(|e| VmError::Launch {
+                reason: format!("{}: {e}", qemu.display()),
+            })?;
+        // kiln connects through its own descriptor of the run dir, so the
+        // address stays short wherever the run dir is.
+        let run_dir = std::fs::File::open(self.run_dir).map_err(|source| VmError::Io {
+            context: format!("opening {}", self.run_dir.display()),
+            source,
+        })?;
+        let socket = PathBuf::from(format!(
+            "/proc/self/fd/{}/qmp.sock",
+            std::os::fd::AsRawFd::as_raw_fd(&run_dir)
+        ));
         Ok(QemuProcess {
-            child,
-            socket: self.run_dir.join("qmp.sock"),
+            pid,
+            exit: exit_rx,
+            socket,
+            _run_dir: run_dir,
         })
     }
 }
 
-/// The QEMU process, leader of its own process group. Dropping it kills the
-/// group, so an early return or a panic leaves no VM behind.
+/// The QEMU process, leader of its own process group, reaped by its waiter
+/// thread. Dropping it kills the group, so an early return or a panic
+/// leaves no VM behind; kiln dying kills it through the parent-death signal.
 pub(super) struct QemuProcess {
-    pub(super) child: Child,
+    pid: u32,
+    /// `Some(status)` once QEMU exited (`None` inside: waiting failed).
+    exit: watch::Receiver<Option<Option<std::process::ExitStatus>>>,
     pub(super) socket: PathBuf,
+    /// Keeps the descriptor `socket` goes through open.
+    _run_dir: std::fs::File,
 }
 
 impl QemuProcess {
+    /// The exit status if QEMU has exited.
+    pub(super) fn try_wait(&self) -> Option<Option<std::process::ExitStatus>> {
+        *self.exit.borrow()
+    }
+
+    async fn wait(&mut self) -> Option<std::process::ExitStatus> {
+        match self.exit.wait_for(Option::is_some).await {
+            Ok(status) => status.flatten(),
+            // The waiter is gone without a word: it panicked; nothing to wait for.
+            Err(_) => None,
+        }
+    }
+
     /// Waits for QEMU to exit, killing it after a grace period.
     pub(super) async fn finish(&mut self) -> Option<std::process::ExitStatus> {
-        if let Ok(Ok(status)) = tokio::time::timeout(EXIT_GRACE, self.child.wait()).await {
-            return Some(status);
+        if let Ok(status) = tokio::time::timeout(EXIT_GRACE, self.wait()).await {
+            return status;
         }
         self.kill_group();
-        self.child.wait().await.ok()
+        self.wait().await
     }
 
     fn kill_group(&self) {
-        if let Some(pid) = self.child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.pid) {
             // The group may be gone already; nothing else to do then.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }

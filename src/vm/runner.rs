@@ -168,9 +168,16 @@ where
     )
     .await?;
 
+    // Beside the job's upper dir, inside the build's private directory
+    // (never a host-visible TMPDIR): the disks the guest writes live here,
+    // and a build that dies leaves it to the next build's sweep.
+    let run_parent = upper_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir);
     let run_dir = tempfile::Builder::new()
-        .prefix("kiln-vm-")
-        .tempdir()
+        .prefix("vm-")
+        .tempdir_in(&run_parent)
         .map_err(|source| VmError::Io {
             context: "creating the VM's private directory".to_owned(),
             source,

@@ -90,8 +90,9 @@ impl Store {
     /// Mark and sweep from every root; corrects reference counts that drifted.
     pub fn gc_full(&mut self) -> Result<GcReport> {
         let _lock = self.exclusive_lock()?;
+        let dir = self.dir.clone();
         let tx = self.write_tx()?;
-        let dead_sessions = remove_dead_sessions(&tx)? as u64;
+        let dead_sessions = remove_dead_sessions(&tx, &dir)? as u64;
         let live = mark(&tx)?;
         // Delete everything unreachable, whatever its count says.
         let mut sweep = SweepReport {
@@ -138,9 +139,10 @@ impl Store {
     }
 
     pub(crate) fn sweep_locked(&mut self) -> Result<SweepReport> {
+        let dir = self.dir.clone();
         let tx = self.write_tx()?;
         let mut report = SweepReport {
-            dead_sessions: remove_dead_sessions(&tx)? as u64,
+            dead_sessions: remove_dead_sessions(&tx, &dir)? as u64,
             ..Default::default()
         };
         let held: HashSet<B3Digest> = tx

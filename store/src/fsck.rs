@@ -269,8 +269,27 @@ impl Store {
 
         if options.repair {
             let repairs = &mut report.repairs;
+            // Space first: files no index row names (orphan chunks, temp
+            // and stray files) go before anything is written to the index,
+            // so a repair works on a full disk.
+            for digest in &orphans {
+                self.chunks.remove(digest)?;
+            }
+            if !orphans.is_empty() {
+                repairs.push(format!("removed {} orphan chunk files", orphans.len()));
+            }
+            for path in temps.iter().chain(&scan.strays) {
+                let removed = if path.is_dir() {
+                    fs::remove_dir_all(path)
+                } else {
+                    fs::remove_file(path)
+                };
+                removed.map_err(|e| crate::StoreError::io(path, e))?;
+                repairs.push(format!("removed {}", path.display()));
+            }
+            let dir = self.dir.clone();
             let tx = self.write_tx()?;
-            let dead = remove_dead_sessions(&tx)?;
+            let dead = remove_dead_sessions(&tx, &dir)?;
             if dead > 0 {
                 repairs.push(format!(
                     "removed {dead} temporary-root sessions of dead processes"
@@ -335,20 +354,9 @@ impl Store {
                 repairs.push(format!("corrected {fixed} reference counts"));
             }
             tx.commit()?;
-            for digest in bad_chunks.iter().chain(&orphans) {
+            // Damaged chunks: the row went first, now the file.
+            for digest in &bad_chunks {
                 self.chunks.remove(digest)?;
-            }
-            if !orphans.is_empty() {
-                repairs.push(format!("removed {} orphan chunk files", orphans.len()));
-            }
-            for path in temps.iter().chain(&scan.strays) {
-                let removed = if path.is_dir() {
-                    fs::remove_dir_all(path)
-                } else {
-                    fs::remove_file(path)
-                };
-                removed.map_err(|e| crate::StoreError::io(path, e))?;
-                repairs.push(format!("removed {}", path.display()));
             }
         }
         Ok(report)

@@ -126,18 +126,30 @@ impl Store {
         }
 
         let lock = self.shared_lock()?;
-        let (digests, new_chunks, new_bytes) = self.ingest_files(&jobs, options.progress)?;
-        let tx = self.write_tx()?;
-        let (object, size) = match top {
-            Some(dir) => {
-                let (digest, size) = commit_dir(&tx, dir, &jobs, &digests)?;
-                (ObjectRef::tree(digest), size)
-            }
-            None => (ObjectRef::blob(digests[0]), jobs[0].size),
-        };
-        hold(&tx, roots.session_id(), object)?;
-        tx.commit()?;
+        let written: Mutex<HashMap<B3Digest, u64>> = Mutex::new(HashMap::new());
+        let committed = (|| {
+            let (digests, new_chunks, new_bytes) =
+                self.ingest_files(&jobs, options.progress, &written)?;
+            let tx = self.write_tx()?;
+            let (object, size) = match top {
+                Some(dir) => {
+                    let (digest, size) = commit_dir(&tx, dir, &jobs, &digests)?;
+                    (ObjectRef::tree(digest), size)
+                }
+                None => (ObjectRef::blob(digests[0]), jobs[0].size),
+            };
+            hold(&tx, roots.session_id(), object)?;
+            tx.commit()?;
+            Ok::<_, StoreError>((object, size, new_chunks, new_bytes))
+        })();
         drop(lock);
+        let (object, size, new_chunks, new_bytes) = match committed {
+            Ok(done) => done,
+            Err(error) => {
+                self.discard_unindexed(&written);
+                return Err(error);
+            }
+        };
         Ok(AddReport {
             object,
             size,
@@ -153,32 +165,42 @@ impl Store {
         let lock = self.shared_lock()?;
         let digest = B3Digest::of(bytes);
         let written = Mutex::new(HashMap::new());
-        let chunks = if has_blob(&self.conn, &digest)? {
-            None
-        } else {
-            Some(chunk_bytes(
-                &self.conn,
-                &*self.chunks,
-                &self.params,
+        let committed = (|| {
+            let chunks = if has_blob(&self.conn, &digest)? {
+                None
+            } else {
+                Some(chunk_bytes(
+                    &self.conn,
+                    &*self.chunks,
+                    &self.params,
+                    digest,
+                    bytes,
+                    &written,
+                )?)
+            };
+            let outcome = FileOutcome {
+                index: 0,
                 digest,
-                bytes,
-                &written,
-            )?)
-        };
-        let outcome = FileOutcome {
-            index: 0,
-            digest,
-            size: bytes.len() as u64,
-            chunks,
-        };
-        let (new_chunks, new_bytes) = count_new(&outcome);
-        self.chunks.sync()?;
-        let tx = self.write_tx()?;
-        commit_outcome(&tx, &outcome)?;
-        let object = ObjectRef::blob(digest);
-        hold(&tx, roots.session_id(), object)?;
-        tx.commit()?;
+                size: bytes.len() as u64,
+                chunks,
+            };
+            let (new_chunks, new_bytes) = count_new(&outcome);
+            self.chunks.sync()?;
+            let tx = self.write_tx()?;
+            commit_outcome(&tx, &outcome)?;
+            let object = ObjectRef::blob(digest);
+            hold(&tx, roots.session_id(), object)?;
+            tx.commit()?;
+            Ok::<_, StoreError>((object, new_chunks, new_bytes))
+        })();
         drop(lock);
+        let (object, new_chunks, new_bytes) = match committed {
+            Ok(done) => done,
+            Err(error) => {
+                self.discard_unindexed(&written);
+                return Err(error);
+            }
+        };
         Ok(AddReport {
             object,
             size: bytes.len() as u64,
@@ -199,16 +221,42 @@ impl Store {
         Ok(digest)
     }
 
+    /// After a failed add: removes the chunk files it wrote that no index
+    /// row names, so a failure (a full disk above all) gives back the space
+    /// it took. Under the exclusive lock, so no other writer is between
+    /// writing the same chunk's file and committing its row. Best effort:
+    /// what stays behind is an orphan `fsck --repair` removes.
+    fn discard_unindexed(&mut self, written: &Mutex<HashMap<B3Digest, u64>>) {
+        let digests: Vec<B3Digest> = written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        if digests.is_empty() {
+            return;
+        }
+        let Ok(_lock) = self.exclusive_lock() else {
+            return;
+        };
+        for digest in digests {
+            if matches!(has_chunk(&self.conn, &digest), Ok(false)) {
+                let _ = self.chunks.remove(&digest);
+            }
+        }
+    }
+
     /// Hashes and stores every file in parallel; the calling thread commits.
+    /// `written` collects the chunk files written (for `discard_unindexed`).
     fn ingest_files(
         &mut self,
         jobs: &[FileJob],
         progress: Option<&dyn Progress>,
+        written: &Mutex<HashMap<B3Digest, u64>>,
     ) -> Result<(Vec<B3Digest>, u64, u64)> {
         let workers = crate::store::worker_count(jobs.len());
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let written: Mutex<HashMap<B3Digest, u64>> = Mutex::new(HashMap::new());
         let chunks = self.chunks.clone();
         let params = self.params;
         let mut readers = Vec::with_capacity(workers);
@@ -222,7 +270,7 @@ impl Store {
             let (sender, receiver) = mpsc::sync_channel::<Result<FileOutcome>>(256);
             for reader in readers {
                 let sender = sender.clone();
-                let (next, failed, written, chunks) = (&next, &failed, &written, &chunks);
+                let (next, failed, chunks) = (&next, &failed, &chunks);
                 scope.spawn(move || {
                     // One buffer per worker, reused: fresh allocations per
                     // file cost a page fault per 4 KiB.

@@ -39,7 +39,10 @@ pub use records::{
 pub use restore::{RestoreOptions, RestoreReport};
 pub use runs::{BatchReport, BuildBatch, BuildJob, JobUpdate, KeyHistory, StoredEvent};
 pub use schema::SCHEMA_VERSION;
-pub use sessions::TempRoots;
+pub use sessions::{
+    DEAD_BUILD_REASON, LEASES_DIR, Lease, LeaseState, TempRoots, build_lease_name, lease_is_held,
+    lease_state, session_lease_name,
+};
 pub use stats::StoreStats;
 pub use store::{Store, StoreOptions};
 pub use tree::{EntryName, Node, TREE_FORMAT_VERSION, Tree, TreeEntry};

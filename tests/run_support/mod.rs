@@ -70,6 +70,11 @@ impl Project {
             .map(|e| e.unwrap().path())
             .collect();
         assert!(left.is_empty(), "temp dirs left behind: {left:?}");
+        // Build directories live under the store; none outlives its build.
+        let scratch: Vec<_> = std::fs::read_dir(self.store.join("scratch"))
+            .map(|dir| dir.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(scratch.is_empty(), "build dirs left behind: {scratch:?}");
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let prefix = self.dir.path().to_string_lossy().to_string();
         assert!(
