@@ -63,6 +63,16 @@ pub enum SandboxError {
         target: PathBuf,
         source: Errno,
     },
+    #[error("cannot take the bind source {} for a bind mount: {source}", source_path.display())]
+    CloneBindSource { source_path: PathBuf, source: Errno },
+    #[error("cannot bind-mount a cache on {} in the sandbox: {source}", target.display())]
+    AttachBind { target: PathBuf, source: Errno },
+    #[error("{what} {} crosses a symlink (to {}): refused, it could lead outside its root", path.display(), resolved.display())]
+    SymlinkedPath {
+        what: &'static str,
+        path: PathBuf,
+        resolved: PathBuf,
+    },
     #[error("cannot mount the overlay on {} ({options}): {source}", target.display())]
     MountOverlay {
         target: PathBuf,

@@ -84,6 +84,21 @@ fn existing_dir(what: &'static str, path: &Path) -> Result<PathBuf, SandboxError
     Ok(canonical)
 }
 
+/// [`existing_dir`], for a directory that is mounted writable: its path
+/// must name it directly, without any symlink on the way (one planted in
+/// a cache's content would otherwise bind a host directory of its choice).
+fn existing_dir_without_symlinks(what: &'static str, path: &Path) -> Result<PathBuf, SandboxError> {
+    let canonical = existing_dir(what, path)?;
+    if canonical != path {
+        return Err(SandboxError::SymlinkedPath {
+            what,
+            path: path.to_owned(),
+            resolved: canonical,
+        });
+    }
+    Ok(canonical)
+}
+
 fn top_component(path: &Path) -> Option<String> {
     path.components().find_map(|c| match c {
         Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
@@ -122,7 +137,7 @@ impl Plan {
             .iter()
             .map(|bind| {
                 Ok((
-                    existing_dir("bind source", &bind.source)?,
+                    existing_dir_without_symlinks("bind source", &bind.source)?,
                     bind.target.clone(),
                 ))
             })

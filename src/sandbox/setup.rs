@@ -8,6 +8,7 @@
 //! and the whole old tree (scratch and host) is detached.
 
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
@@ -314,7 +315,7 @@ pub fn build_root(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
     mount_workspace(sys, plan)?;
     mount_kernel_filesystems(sys, plan.user_namespace.is_some())?;
     protect_proc(sys)?;
-    mount_binds(sys, plan)?;
+    let binds = clone_bind_sources(sys, plan)?;
 
     sys.chdir(new_root).map_err(|source| SandboxError::Chdir {
         path: new_root.to_owned(),
@@ -335,7 +336,7 @@ pub fn build_root(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
             path: "/".into(),
             source,
         })?;
-    Ok(())
+    attach_binds(sys, binds)
 }
 
 /// The mount points and the job script, below `base` (a tmpfs root or the
@@ -430,18 +431,42 @@ fn build_host_view(
         })
 }
 
-/// The writable binds (build caches), mounted last so that they may lie in
-/// the workspace or `/tmp`. A missing mount point is made where the
-/// filesystem is writable; on the read-only root it is a clear error.
-fn mount_binds(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
-    for (source, target) in &plan.binds {
-        mkdir_all(sys, NEW_ROOT, target)?;
-        bind(
-            sys,
-            &on_host(source),
-            &inside(NEW_ROOT, target),
-            MsFlags::empty(),
-        )?;
+/// The writable binds (build caches), step one, while the host is still
+/// reachable: each source becomes a detached mount, never following a
+/// symlink (the plan refused sources that cross one).
+fn clone_bind_sources(
+    sys: &mut impl Sys,
+    plan: &Plan,
+) -> Result<Vec<(OwnedFd, PathBuf)>, SandboxError> {
+    plan.binds
+        .iter()
+        .map(|(source, target)| {
+            let host_path = on_host(source);
+            let tree =
+                sys.clone_tree(&host_path)
+                    .map_err(|errno| SandboxError::CloneBindSource {
+                        source_path: source.clone(),
+                        source: errno,
+                    })?;
+            Ok((tree, target.clone()))
+        })
+        .collect()
+}
+
+/// Step two, after the host's tree is detached: each bind is attached at
+/// its target, resolved in the sandbox's own root, so a symlink in the
+/// workspace (`lnk -> /oldroot/srv`) can lead nowhere outside it. They come
+/// last so that they may lie in the workspace or `/tmp`. A missing mount
+/// point is made where the filesystem is writable; on the read-only root it
+/// is a clear error.
+fn attach_binds(sys: &mut impl Sys, binds: Vec<(OwnedFd, PathBuf)>) -> Result<(), SandboxError> {
+    for (tree, target) in binds {
+        mkdir_all(sys, "/", &target)?;
+        sys.attach_tree(&tree, &target)
+            .map_err(|errno| SandboxError::AttachBind {
+                target: target.clone(),
+                source: errno,
+            })?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -49,6 +50,12 @@ pub trait Sys {
     fn loopback_up(&mut self) -> nix::Result<()>;
     fn set_parent_death_signal(&mut self) -> nix::Result<()>;
     fn fork(&mut self) -> nix::Result<Forked>;
+    /// `open_tree(OPEN_TREE_CLONE)`: a detached copy of the mount at `path`
+    /// (which must not be a symlink), to attach later with
+    /// [`Sys::attach_tree`] wherever the caller can no longer see `path`.
+    fn clone_tree(&mut self, path: &Path) -> nix::Result<OwnedFd>;
+    /// `move_mount`: attaches a tree from [`Sys::clone_tree`] at `target`.
+    fn attach_tree(&mut self, tree: &OwnedFd, target: &Path) -> nix::Result<()>;
     /// Drops every capability not in `keep` (a bit mask) from the bounding set.
     fn drop_bounding_capabilities(&mut self, keep: u64) -> nix::Result<()>;
     /// `capset`: effective = permitted = `permitted`, and `inheritable`.
@@ -68,6 +75,10 @@ pub trait Sys {
 /// The real thing, on nix and libc.
 #[derive(Debug, Default)]
 pub struct RealSys;
+
+fn path_cstring(path: &Path) -> nix::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Errno::EINVAL)
+}
 
 fn io_errno(err: std::io::Error) -> Errno {
     err.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
@@ -185,6 +196,43 @@ impl Sys for RealSys {
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
     }
 
+    fn clone_tree(&mut self, path: &Path) -> nix::Result<OwnedFd> {
+        let path = path_cstring(path)?;
+        let flags =
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as u32;
+        // SAFETY: open_tree reads the NUL-terminated path and returns a new
+        // descriptor or -1; no memory is shared with the kernel afterwards.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(Errno::last());
+        }
+        let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+        // SAFETY: the kernel just returned this descriptor, owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    fn attach_tree(&mut self, tree: &OwnedFd, target: &Path) -> nix::Result<()> {
+        let empty = c"";
+        let target = path_cstring(target)?;
+        // SAFETY: both paths are NUL-terminated and outlive the call; `tree`
+        // is an open descriptor from open_tree.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        };
+        if result < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    }
+
     fn fork(&mut self) -> nix::Result<Forked> {
         // SAFETY: the sandbox helper is single-threaded (it runs before any
         // runtime or thread is started), so the child may do anything.
@@ -282,8 +330,6 @@ impl Sys for RealSys {
 /// `SIOCGIFFLAGS` then `SIOCSIFFLAGS` with `IFF_UP` on `lo`: no `ip` binary,
 /// no netlink.
 fn loopback_up() -> nix::Result<()> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
     // SAFETY: plain socket(2); the result is checked before use.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     let raw = Errno::result(raw)?;
@@ -459,6 +505,17 @@ pub mod recording {
 
         fn set_parent_death_signal(&mut self) -> nix::Result<()> {
             self.record("prctl PR_SET_PDEATHSIG SIGKILL".to_owned())
+        }
+
+        fn clone_tree(&mut self, path: &Path) -> nix::Result<OwnedFd> {
+            self.record(format!("open_tree clone {}", path.display()))?;
+            std::fs::File::open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|_| Errno::EIO)
+        }
+
+        fn attach_tree(&mut self, _tree: &OwnedFd, target: &Path) -> nix::Result<()> {
+            self.record(format!("move_mount tree -> {}", target.display()))
         }
 
         fn fork(&mut self) -> nix::Result<Forked> {

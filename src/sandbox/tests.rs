@@ -523,10 +523,13 @@ fn binds_get_mount_points_only_where_writable_and_are_mounted_last() {
         position("mkdir /newroot/home/.cargo 755")
             < position("mount_setattr /newroot rdonly recursive")
     );
-    // Below a bound host directory: never made before it is read-only.
-    let var_cache = position("mkdir /newroot/var/cache 755");
-    assert!(var_cache > position("mount_setattr /newroot rdonly recursive"));
-    // Every bind comes after the workspace and /tmp.
+    // Below a bound host directory: never made before it is read-only, and
+    // only once the host is gone (made in the sandbox's own root).
+    let detached = position("umount2 . detach");
+    assert!(position("mkdir /var/cache 755") > detached);
+    // Every bind source is taken while the host is reachable, without
+    // following a symlink, and attached only after the host's tree is gone,
+    // at a target resolved in the sandbox's own root.
     let tmp =
         position("mount tmpfs /newroot/tmp type=tmpfs flags=MS_NOSUID|MS_NODEV data=mode=1777");
     for (source, target) in [
@@ -534,11 +537,17 @@ fn binds_get_mount_points_only_where_writable_and_are_mounted_last() {
         ("1", "/work/target"),
         ("2", "/var/cache/x"),
     ] {
-        let bind = position(&format!(
-            "mount /oldroot/cache/{source} /newroot{target} type=- flags=MS_BIND data=-"
-        ));
-        assert!(bind > tmp, "{target}");
+        let taken = position(&format!("open_tree clone /oldroot/cache/{source}"));
+        assert!(taken > tmp && taken < detached, "{target}");
+        let attached = position(&format!("move_mount tree -> {target}"));
+        assert!(attached > detached, "{target}");
     }
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line.starts_with("mount /oldroot/cache/")),
+        "a bind source mounted by path:\n{log}"
+    );
 }
 
 #[test]

@@ -67,15 +67,12 @@ pub fn restore(
                 None
             }
         };
+        // Bound writable into the sandbox, so named without symlinks.
+        let dir = std::fs::canonicalize(&dir).map_err(io)?;
         let mut mounts = Vec::with_capacity(cache.paths.len());
         for (position, path) in cache.paths.iter().enumerate() {
             let source = dir.join(position.to_string());
-            if !source.is_dir() {
-                std::fs::create_dir_all(&source).map_err(|source_error| RunError::Io {
-                    path: source.clone(),
-                    source: source_error,
-                })?;
-            }
+            real_directory(&source)?;
             let target = if path.starts_with('/') {
                 PathBuf::from(path)
             } else {
@@ -91,6 +88,26 @@ pub fn restore(
         });
     }
     Ok(prepared)
+}
+
+/// Makes `path` a real directory. A cache's content is not trusted: a
+/// symlink (or a file) where a cache path's directory belongs is removed,
+/// never followed, so a cache cannot bind a host directory of its choice.
+fn real_directory(path: &Path) -> Result<(), RunError> {
+    let io = |source| RunError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(meta) if meta.file_type().is_symlink() || meta.is_file() => {
+            std::fs::remove_file(path).map_err(io)?
+        }
+        Ok(_) => std::fs::remove_file(path).map_err(io)?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io(err)),
+    }
+    std::fs::create_dir(path).map_err(io)
 }
 
 /// Saves each cache; returns (key, tree, size) of those saved.

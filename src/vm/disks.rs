@@ -327,6 +327,11 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
     let mut directories: Vec<(PathBuf, u32)> = Vec::new();
     // Hard links: busybox cpio stores the data with the last name of an inode.
     let mut pending_links: HashMap<u32, Vec<PathBuf>> = HashMap::new();
+    // The guest is not trusted: what this extraction made itself decides
+    // where an entry may go, never the file system (an entry through a
+    // symlink it wrote would otherwise write on the host).
+    let mut made = MadeBelow::default();
+    fs::create_dir_all(upper_dir).map_err(|e| bad(format!("{}: {e}", upper_dir.display())))?;
     let mut first = true;
     loop {
         let mut entry = match cpio::newc::Reader::new(reader) {
@@ -364,12 +369,23 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
         let Some(relative) = upper_relative(&name) else {
             return Err(bad(format!("unexpected entry {name:?}")));
         };
-        let path = upper_dir.join(&relative);
         let mode = header.mode();
+        let kind = match mode & 0o170000 {
+            0o040000 => Made::Dir,
+            0o100000 | 0o020000 => Made::Other,
+            0o120000 => Made::Other,
+            // Sockets, fifos and device nodes are no part of a layer.
+            _ => continue,
+        };
+        let path = upper_dir.join(&relative);
         let io = |e: std::io::Error| bad(format!("{}: {e}", path.display()));
+        if !made.claim(upper_dir, &relative, kind).map_err(io)? {
+            return Err(bad(format!(
+                "entry {name:?} goes through something that is not a directory it made"
+            )));
+        }
         match mode & 0o170000 {
             0o040000 => {
-                fs::create_dir_all(&path).map_err(io)?;
                 directories.push((path, mode & 0o7777));
             }
             0o100000 => {
@@ -377,9 +393,7 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
                     pending_links.entry(header.ino()).or_default().push(path);
                     continue;
                 }
-                fs::write(&path, &data).map_err(io)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
-                    .map_err(io)?;
+                write_new(&path, &data, mode & 0o7777).map_err(io)?;
                 for link in pending_links.remove(&header.ino()).unwrap_or_default() {
                     fs::hard_link(&path, &link)
                         .map_err(|e| bad(format!("{}: {e}", link.display())))?;
@@ -397,16 +411,15 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
     }
     for (_, paths) in pending_links {
         for path in paths {
-            fs::write(&path, []).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            write_new(&path, &[], 0o644).map_err(|e| bad(format!("{}: {e}", path.display())))?;
         }
     }
     for directory in &opaque {
         let Some(relative) = upper_relative(&format!("upper/{directory}")) else {
             return Err(bad(format!("unexpected opaque directory {directory:?}")));
         };
-        let path = upper_dir.join(relative);
-        if path.is_dir() {
-            mark_opaque(&path)?;
+        if made.is_dir(&relative) {
+            mark_opaque(&upper_dir.join(relative))?;
         }
     }
     // Last, and deepest first, so read-only directories do not block their contents.
@@ -423,6 +436,77 @@ pub fn extract_output(disk: &Path, upper_dir: &Path) -> Result<Option<JobOutput>
         }
         None => Err(bad("the archive has no exit status".to_owned())),
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Dir,
+    Other,
+}
+
+/// What [`extract_output`] made below the upper dir, by relative path.
+#[derive(Default)]
+struct MadeBelow(HashMap<PathBuf, Made>);
+
+impl MadeBelow {
+    /// Claims `relative` for an entry of `kind`: its missing parents are
+    /// made as directories, and `false` means it would go through (or
+    /// replace) something other than a directory this extraction made.
+    fn claim(&mut self, root: &Path, relative: &Path, kind: Made) -> std::io::Result<bool> {
+        let mut parent = PathBuf::new();
+        let parents: Vec<_> = relative
+            .parent()
+            .map(Path::components)
+            .into_iter()
+            .flatten()
+            .collect();
+        for component in parents {
+            parent.push(component);
+            match self.0.get(&parent) {
+                Some(Made::Dir) => {}
+                Some(Made::Other) => return Ok(false),
+                None => {
+                    fs::create_dir(root.join(&parent))?;
+                    self.0.insert(parent.clone(), Made::Dir);
+                }
+            }
+        }
+        if relative.as_os_str().is_empty() {
+            return Ok(kind == Made::Dir);
+        }
+        match (self.0.get(relative), kind) {
+            (Some(Made::Dir), Made::Dir) => Ok(true),
+            (Some(_), _) => Ok(false),
+            (None, Made::Dir) => {
+                fs::create_dir(root.join(relative))?;
+                self.0.insert(relative.to_path_buf(), kind);
+                Ok(true)
+            }
+            (None, Made::Other) => {
+                self.0.insert(relative.to_path_buf(), kind);
+                Ok(true)
+            }
+        }
+    }
+
+    fn is_dir(&self, relative: &Path) -> bool {
+        relative.as_os_str().is_empty() || self.0.get(relative) == Some(&Made::Dir)
+    }
+}
+
+/// Creates the file at `path`, which must not exist (never following a
+/// symlink), with `mode`.
+fn write_new(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(data)?;
+    file.set_permissions(fs::Permissions::from_mode(mode))
 }
 
 /// `upper/a/b` → `a/b`; `upper` → ``; anything else, or any `..`, → `None`.
@@ -476,6 +560,78 @@ mod tests {
         assert_eq!(file_key("abc123"), "abc123");
         assert_eq!(file_key("../x").len(), 64);
         assert_eq!(file_key("").len(), 64);
+    }
+
+    /// A guest's output archive: (name, mode, data) entries, then the status.
+    fn guest_archive(path: &Path, entries: &[(&str, u32, &[u8])]) {
+        use std::io::Write;
+        let mut out = Vec::new();
+        let status: (&str, u32, &[u8]) = ("status", 0o100644, b"0\n");
+        for (ino, (name, mode, data)) in entries.iter().chain([&status]).enumerate() {
+            let builder = cpio::newc::Builder::new(name)
+                .ino(ino as u32 + 1)
+                .mode(*mode)
+                .nlink(1);
+            let mut writer = builder.write(&mut out, data.len() as u32);
+            writer.write_all(data).unwrap();
+            writer.finish().unwrap();
+        }
+        cpio::newc::trailer(&mut out).unwrap();
+        fs::write(path, out).unwrap();
+    }
+
+    #[test]
+    fn a_guest_cannot_write_through_a_symlink_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        // Stands for a host directory: writable from here (the control).
+        let host = dir.path().join("host");
+        fs::create_dir(&host).unwrap();
+        fs::write(host.join("control"), b"x").unwrap();
+        let host_target = host.to_str().unwrap().as_bytes();
+        let attacks: [&[(&str, u32, &[u8])]; 3] = [
+            // A symlink, then a file below it.
+            &[
+                ("upper", 0o040755, b""),
+                ("upper/lnk", 0o120777, host_target),
+                ("upper/lnk/pwned", 0o100644, b"pwned"),
+            ],
+            // A symlink, then a directory (and its mode) below it.
+            &[
+                ("upper/lnk", 0o120777, host_target),
+                ("upper/lnk/pwned", 0o040777, b""),
+            ],
+            // A symlink replaced by a file of the same name.
+            &[
+                ("upper/lnk", 0o120777, host_target),
+                ("upper/lnk", 0o100644, b"pwned"),
+            ],
+        ];
+        for (index, entries) in attacks.iter().enumerate() {
+            let disk = dir.path().join(format!("out-{index}"));
+            guest_archive(&disk, entries);
+            let upper = dir.path().join(format!("upper-{index}"));
+            let err = extract_output(&disk, &upper).unwrap_err();
+            assert!(err.to_string().contains("not a directory it made"), "{err}");
+            let names: Vec<_> = fs::read_dir(&host)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["control"], "attack {index} wrote on the host");
+        }
+        // The same shapes without the symlink are a normal output.
+        let disk = dir.path().join("fine");
+        guest_archive(
+            &disk,
+            &[
+                ("upper/lnk", 0o040755, b""),
+                ("upper/lnk/file", 0o100644, b"ok"),
+                ("upper/link", 0o120777, b"lnk/file"),
+            ],
+        );
+        let upper = dir.path().join("upper-fine");
+        assert!(extract_output(&disk, &upper).unwrap().is_some());
+        assert_eq!(fs::read(upper.join("lnk/file")).unwrap(), b"ok");
+        assert_eq!(fs::read(upper.join("link")).unwrap(), b"ok");
     }
 
     #[test]

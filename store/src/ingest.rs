@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, mpsc};
@@ -428,8 +428,18 @@ fn ingest_file(
     })
 }
 
+/// Opens a file the walk saw as a regular file, never following a symlink
+/// that replaced it since (content is not trusted to stay put).
+fn open_regular(path: &Path) -> Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)
+}
+
 fn read_exact_size(path: &Path, size: u64, data: &mut Vec<u8>) -> Result<()> {
-    let mut file = fs::File::open(path).at(path)?;
+    let mut file = open_regular(path)?;
     data.clear();
     data.reserve(size as usize + 1);
     file.by_ref().take(size + 1).read_to_end(data).at(path)?;
@@ -526,7 +536,7 @@ fn ingest_streaming(
             chunks: None,
         });
     }
-    let file = fs::File::open(path).at(path)?;
+    let file = open_regular(path)?;
     let mut check = blake3::Hasher::new();
     let mut chunks = Vec::new();
     let mut total = 0u64;
