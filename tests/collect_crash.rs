@@ -512,7 +512,6 @@ fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
 /// signal), and its private directory goes at the next run. Control: QEMU
 /// was running, as a child of kiln, before the kill.
 #[test]
-#[ignore = "boots a QEMU microVM under TCG (about 10 s): needs qemu-system-x86, a kernel in /boot and busybox-static"]
 fn sigkill_during_a_qemu_job_takes_qemu_down_with_kiln() {
     let project = Project::new(
         r#"{
