@@ -153,9 +153,12 @@ impl Tree {
         &self.entries
     }
 
-    /// Total bytes of the files below this tree.
+    /// Total bytes of the files below this tree. Saturates: a decoded tree
+    /// comes from outside, and sizes it claims may add up past `u64::MAX`.
     pub fn size(&self) -> u64 {
-        self.entries.iter().map(|e| e.node.size()).sum()
+        self.entries
+            .iter()
+            .fold(0, |total, e| total.saturating_add(e.node.size()))
     }
 
     pub fn encode(&self) -> Vec<u8> {
