@@ -57,6 +57,9 @@ pub enum BundleCommand {
         /// Where the project goes [default: ./<bundle name>]
         #[arg(short = 'C', value_name = "DIR")]
         directory: Option<PathBuf>,
+        /// Let the bundle's roots replace existing roots naming other objects
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -260,9 +263,22 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
             output,
             inputs,
         } => create(store_dir, &target, &output, &inputs),
-        BundleCommand::Import { file, directory } => {
+        BundleCommand::Import {
+            file,
+            directory,
+            force,
+        } => {
             let mut store = Store::open(store_dir)?;
-            let report = bundle::import(&mut store, &file, directory.as_deref())?;
+            let options = kiln_store::ImportOptions {
+                replace_roots: force,
+            };
+            let report = bundle::import(&mut store, &file, directory.as_deref(), options)?;
+            for replaced in &report.replaced {
+                eprintln!(
+                    "replaced root {}/{}: {} -> {}",
+                    replaced.kind, replaced.name, replaced.old, replaced.new
+                );
+            }
             eprintln!(
                 "imported {}: {} object(s) ({} already here), {} job result(s)",
                 file.display(),

@@ -290,6 +290,8 @@ pub struct ImportReport {
     pub args: Vec<String>,
     pub objects: u64,
     pub already_present: u64,
+    /// Roots the import replaced (only with `--force`).
+    pub replaced: Vec<kiln_store::ReplacedRoot>,
 }
 
 /// Reads the bundle's header: its format version and the name it suggests.
@@ -349,6 +351,7 @@ pub fn import(
     store: &mut Store,
     path: &Path,
     directory: Option<&Path>,
+    options: kiln_store::ImportOptions,
 ) -> Result<ImportReport, OfflineError> {
     let bad = |reason: String| OfflineError::Bundle {
         path: path.display().to_string(),
@@ -373,7 +376,7 @@ pub fn import(
             "exists and is not empty: choose another directory with -C",
         ));
     }
-    let imported = store.import(&mut input).map_err(|error| {
+    let imported = store.import_with(&mut input, options).map_err(|error| {
         let message = error.to_string();
         if message.contains("nothing imported") {
             bad(message)
@@ -431,6 +434,7 @@ pub fn import(
         args: index.args,
         objects: imported.chunks + imported.blobs + imported.trees,
         already_present: imported.already_present,
+        replaced: imported.replaced,
     })
 }
 

@@ -25,7 +25,7 @@ mod stats;
 mod store;
 mod tree;
 
-pub use bundle::{BundleReport, RootSelector};
+pub use bundle::{BundleReport, ImportOptions, ReplacedRoot, RootSelector};
 pub use chunker::{CHUNKER_NAME, ChunkerParams};
 pub use curate::{CurationPolicy, CurationReport, DEFAULT_THRESHOLD, GcReport, SweepReport};
 pub use digest::{B3Digest, DIGEST_PREFIX, DigestParseError};
