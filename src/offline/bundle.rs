@@ -67,6 +67,22 @@ pub struct BundledResult {
     pub output_layer: B3Digest,
     pub log: Option<B3Digest>,
     pub artifacts: Vec<JobArtifact>,
+    /// By the exporting store's key (`bundle create --sign`): without a
+    /// signature by a key the importing store trusts, the result is kept
+    /// as untrusted and never served as a cache hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::trust::ResultSignature>,
+}
+
+impl BundledResult {
+    fn signed_fields(&self) -> crate::trust::SignedFields<'_> {
+        crate::trust::SignedFields {
+            key: &self.key,
+            output_layer: &self.output_layer,
+            log: self.log.as_ref(),
+            artifacts: &self.artifacts,
+        }
+    }
 }
 
 /// What a bundle is made of.
@@ -79,6 +95,8 @@ pub struct BundleSpec<'a> {
     pub build: Option<BuildId>,
     /// The `--arg`s the manifest was loaded with.
     pub args: &'a [String],
+    /// Signs every job result (`bundle create --sign NAME`).
+    pub sign: Option<&'a crate::trust::SecretKey>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -199,7 +217,7 @@ pub fn create(
             let Some(result) = store.lookup_job_result(&key)? else {
                 continue;
             };
-            if result.status != "passed" {
+            if result.status != kiln_store::JOB_PASSED {
                 continue;
             }
             let base = format!("results/{}", job_results.len());
@@ -219,13 +237,18 @@ pub fn create(
                     node_of(store, artifact.object)?,
                 )?;
             }
-            job_results.push(BundledResult {
+            let mut bundled = BundledResult {
                 job: job.name.clone(),
                 key,
                 output_layer: result.output_layer,
                 log: result.log,
                 artifacts: result.artifacts,
-            });
+                signature: None,
+            };
+            bundled.signature = spec
+                .sign
+                .map(|secret| secret.sign_result(&bundled.signed_fields()));
+            job_results.push(bundled);
         }
     }
     report.job_results = job_results.len();
@@ -287,6 +310,13 @@ pub struct ImportReport {
     pub directory: PathBuf,
     pub manifest: PathBuf,
     pub job_results: usize,
+    /// Results signed by a trusted key: served as cache hits.
+    pub trusted_results: usize,
+    /// The trusted keys that signed them, by name.
+    pub signed_by: Vec<String>,
+    /// Results without a trusted signature: kept, never served (a run
+    /// rebuilds them; `--check` compares with them).
+    pub untrusted_results: usize,
     pub args: Vec<String>,
     pub objects: u64,
     pub already_present: u64,
@@ -352,6 +382,7 @@ pub fn import(
     path: &Path,
     directory: Option<&Path>,
     options: kiln_store::ImportOptions,
+    trusted: &[crate::trust::PublicKey],
 ) -> Result<ImportReport, OfflineError> {
     let bad = |reason: String| OfflineError::Bundle {
         path: path.display().to_string(),
@@ -410,12 +441,37 @@ pub fn import(
     store.read_blob(&index_digest, &mut index_bytes)?;
     let index: BundleIndex = serde_json::from_slice(&index_bytes)
         .map_err(|error| bad(format!("malformed bundle.json: {error}")))?;
+    let (mut trusted_results, mut untrusted_results) = (0, 0);
+    let mut signed_by: Vec<String> = Vec::new();
     for result in &index.job_results {
+        let signer = result.signature.as_ref().and_then(|signature| {
+            crate::trust::Keyring::verify(trusted, &result.signed_fields(), signature)
+        });
+        let status = match signer {
+            Some(key) => {
+                if !signed_by.contains(&key.name) {
+                    signed_by.push(key.name);
+                }
+                trusted_results += 1;
+                kiln_store::JOB_PASSED
+            }
+            None => {
+                untrusted_results += 1;
+                // Never in place of a result this store trusts.
+                if store
+                    .lookup_job_result(&result.key)?
+                    .is_some_and(|existing| existing.status == kiln_store::JOB_PASSED)
+                {
+                    continue;
+                }
+                kiln_store::JOB_UNTRUSTED
+            }
+        };
         store.record_job_result(
             result.key,
             result.output_layer,
             result.log,
-            "passed",
+            status,
             result.artifacts.clone(),
         )?;
     }
@@ -431,6 +487,9 @@ pub fn import(
         manifest: directory.join(&index.manifest),
         directory,
         job_results: index.job_results.len(),
+        trusted_results,
+        signed_by,
+        untrusted_results,
         args: index.args,
         objects: imported.chunks + imported.blobs + imported.trees,
         already_present: imported.already_present,
