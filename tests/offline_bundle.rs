@@ -211,14 +211,14 @@ fn corrupted_truncated_and_newer_bundles_are_rejected_with_nothing_imported() {
     let middle = good.len() / 2;
     flipped[middle] ^= 0x55;
     let mut newer = good.clone();
-    newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
     let mut header = good.clone();
     header[20] ^= 0x01;
     let cases: [(&str, Vec<u8>, &str); 6] = [
         ("flipped", flipped, "nothing imported"),
         ("truncated", good[..good.len() - 100].to_vec(), "truncated"),
         ("cut-in-header", good[..10].to_vec(), "truncated"),
-        ("newer", newer, "made by a newer kiln (bundle format 2"),
+        ("newer", newer, "made by a newer kiln (bundle format 3"),
         ("header", header, "corrupt"),
         (
             "not-a-bundle",

@@ -283,3 +283,101 @@ fn an_import_replaces_an_existing_root_only_with_force() {
     );
     assert_eq!(listed("b"), listed("a"));
 }
+
+/// A project whose files are one 1 MiB content twenty times: a bundle of
+/// about 1 MiB that expands to 20 MiB.
+fn amplifying_bundle() -> (Project, PathBuf) {
+    let project = Project::new(MANIFEST);
+    let content: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::create_dir_all(project.root().join("src")).unwrap();
+    for copy in 0..20 {
+        std::fs::write(project.root().join(format!("src/copy-{copy}")), &content).unwrap();
+    }
+    let path = project.dir.path().join("amplifying.bundle");
+    kiln_ok(
+        &project,
+        &[
+            "bundle",
+            "create",
+            "build.kiln",
+            "-o",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        std::fs::metadata(&path).unwrap().len() < 4 << 20,
+        "the bundle is small"
+    );
+    (project, path)
+}
+
+#[test]
+fn a_bundle_that_expands_past_its_declared_size_or_the_cap_is_refused() {
+    let (_project, path) = amplifying_bundle();
+
+    // Over the cap: refused from its header, nothing imported.
+    let victim = Victim::new();
+    let refused = victim.kiln(
+        victim.dir.path(),
+        &[
+            "bundle",
+            "import",
+            path.to_str().unwrap(),
+            "-C",
+            "p",
+            "--max-size",
+            "10MiB",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("over the limit"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!victim.dir.path().join("p").exists());
+    let stats = text(&victim.kiln(victim.dir.path(), &["store", "stats"]).stdout);
+    assert!(!stats.contains("MiB"), "nothing stored: {stats}");
+
+    // Lying about its size: rewrite the header (and its checksum) to
+    // declare 1 byte. Refused before any file is written.
+    let bytes = std::fs::read(&path).unwrap();
+    let length = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[16..16 + length]).unwrap();
+    assert!(
+        header["expanded_size"].as_u64().unwrap() >= 20 << 20,
+        "{header}"
+    );
+    header["expanded_size"] = 1.into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut lying = bytes[..12].to_vec();
+    lying.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    lying.extend_from_slice(&header);
+    lying.extend_from_slice(kiln_store::B3Digest::of(&header).as_bytes());
+    lying.extend_from_slice(&bytes[16 + length + 32..]);
+    let liar = victim.dir.path().join("lying.bundle");
+    std::fs::write(&liar, lying).unwrap();
+    let refused = victim.kiln(
+        victim.dir.path(),
+        &["bundle", "import", liar.to_str().unwrap(), "-C", "q"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("more than it declares"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!victim.dir.path().join("q").exists());
+    victim.ok(&["store", "fsck"]);
+
+    // The control: the honest bundle under the default cap imports, and its
+    // project really is 20 MiB of files.
+    victim.ok(&["bundle", "import", path.to_str().unwrap(), "-C", "r"]);
+    let written: u64 = std::fs::read_dir(victim.dir.path().join("r/src"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(written, 20 << 20);
+}

@@ -65,6 +65,10 @@ pub enum BundleCommand {
         /// Let the bundle's roots replace existing roots naming other objects
         #[arg(long)]
         force: bool,
+        /// Refuse a bundle whose project expands to more than SIZE of files
+        /// (a small bundle can name one chunk many times)
+        #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = crate::cli::parse_byte_size)]
+        max_size: u64,
     },
 }
 
@@ -273,14 +277,21 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
             file,
             directory,
             force,
+            max_size,
         } => {
             let mut store = Store::open(store_dir)?;
             let options = kiln_store::ImportOptions {
                 replace_roots: force,
             };
             let trusted = crate::trust::Keyring::new(store_dir).trusted()?;
-            let report =
-                bundle::import(&mut store, &file, directory.as_deref(), options, &trusted)?;
+            let report = bundle::import(
+                &mut store,
+                &file,
+                directory.as_deref(),
+                options,
+                &trusted,
+                max_size,
+            )?;
             for replaced in &report.replaced {
                 eprintln!(
                     "replaced root {}/{}: {} -> {}",

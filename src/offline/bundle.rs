@@ -30,8 +30,13 @@ use crate::image::HOST_IMAGE;
 use crate::layers::DirBuilder;
 
 const MAGIC: &[u8; 8] = b"KILNAIRB";
-/// Bumped when the layout changes; a newer bundle is refused.
-pub const BUNDLE_VERSION: u32 = 1;
+/// Bumped when the layout changes; a newer bundle is refused. Version 2
+/// declares the bytes its project expands to (version 1 bundles are still
+/// read; only the import's cap bounds them).
+pub const BUNDLE_VERSION: u32 = 2;
+/// What `kiln bundle import` writes out at most, unless `--max-size` says
+/// otherwise.
+pub const DEFAULT_MAX_EXPANDED_BYTES: u64 = 16 << 30;
 const MAX_HEADER_BYTES: u32 = 1 << 20;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -40,6 +45,16 @@ struct Header {
     kiln_version: String,
     name: String,
     tree: B3Digest,
+    /// The bytes of files its project expands to (from version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expanded_size: Option<u64>,
+}
+
+/// What [`read_header`] finds.
+pub struct HeaderInfo {
+    pub name: String,
+    pub tree: B3Digest,
+    pub expanded_size: Option<u64>,
 }
 
 /// What `bundle.json` inside the bundle says.
@@ -282,11 +297,21 @@ pub fn create(
     selectors.insert(0, RootSelector::Object(digest));
     report.tree = Some(digest);
 
+    let expanded_size = match store
+        .tree(&digest)?
+        .entries()
+        .iter()
+        .find(|e| e.name.as_bytes() == b"project")
+    {
+        Some(entry) => entry.node.size(),
+        None => 0,
+    };
     let header = Header {
         format: BUNDLE_VERSION,
         kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
         name: report.name.clone(),
         tree: digest,
+        expanded_size: Some(expanded_size),
     };
     let header_bytes = serde_json::to_vec(&header)
         .map_err(|error| OfflineError::file(spec.manifest_path, error))?;
@@ -325,7 +350,7 @@ pub struct ImportReport {
 }
 
 /// Reads the bundle's header: its format version and the name it suggests.
-pub fn read_header(path: &Path, input: &mut dyn Read) -> Result<(String, B3Digest), OfflineError> {
+pub fn read_header(path: &Path, input: &mut dyn Read) -> Result<HeaderInfo, OfflineError> {
     let bad = |reason: String| OfflineError::Bundle {
         path: path.display().to_string(),
         reason,
@@ -372,7 +397,11 @@ pub fn read_header(path: &Path, input: &mut dyn Read) -> Result<(String, B3Diges
             "its header disagrees with its format version (corrupt)".into(),
         ));
     }
-    Ok((header.name, header.tree))
+    Ok(HeaderInfo {
+        name: header.name,
+        tree: header.tree,
+        expanded_size: header.expanded_size,
+    })
 }
 
 /// Imports the bundle at `path` into `store` and writes its project into
@@ -383,6 +412,7 @@ pub fn import(
     directory: Option<&Path>,
     options: kiln_store::ImportOptions,
     trusted: &[crate::trust::PublicKey],
+    max_size: u64,
 ) -> Result<ImportReport, OfflineError> {
     let bad = |reason: String| OfflineError::Bundle {
         path: path.display().to_string(),
@@ -390,7 +420,21 @@ pub fn import(
     };
     let file = std::fs::File::open(path).map_err(|error| bad(format!("cannot open: {error}")))?;
     let mut input = std::io::BufReader::new(file);
-    let (name, tree) = read_header(path, &mut input)?;
+    let HeaderInfo {
+        name,
+        tree,
+        expanded_size,
+    } = read_header(path, &mut input)?;
+    // An amplifying bundle (one chunk named by many files) is refused before
+    // anything is imported when it says so, and after the check below when
+    // it lies.
+    if let Some(declared) = expanded_size.filter(|size| *size > max_size) {
+        return Err(bad(format!(
+            "it expands to {} of files, over the limit of {} (--max-size): nothing imported",
+            bytesize::ByteSize(declared),
+            bytesize::ByteSize(max_size)
+        )));
+    }
     let directory = match directory {
         Some(dir) => dir.to_path_buf(),
         None => PathBuf::from(directory_name(&name)),
@@ -437,6 +481,18 @@ pub fn import(
     else {
         return Err(bad("it has no bundle.json".into()));
     };
+    let project = entry("project");
+    let real_size = project.as_ref().map_or(0, Node::size);
+    if real_size > max_size || expanded_size.is_some_and(|declared| real_size > declared) {
+        return Err(bad(format!(
+            "its project expands to {}, more than it declares ({}) or the limit ({}, --max-size): \
+             no job result recorded, no file written",
+            bytesize::ByteSize(real_size),
+            expanded_size.map_or("nothing".to_owned(), |size| bytesize::ByteSize(size)
+                .to_string()),
+            bytesize::ByteSize(max_size)
+        )));
+    }
     let mut index_bytes = Vec::new();
     store.read_blob(&index_digest, &mut index_bytes)?;
     let index: BundleIndex = serde_json::from_slice(&index_bytes)
@@ -475,7 +531,7 @@ pub fn import(
             result.artifacts.clone(),
         )?;
     }
-    match entry("project") {
+    match project {
         Some(Node::Directory { digest, .. }) => {
             store.restore(&digest, &directory, &RestoreOptions::default())?;
         }
@@ -582,6 +638,7 @@ mod tests {
         let path = Path::new("b");
         let error = |bytes: &[u8]| {
             read_header(path, &mut &bytes[..])
+                .map(|info| info.name)
                 .map(|_| ())
                 .unwrap_err()
                 .to_string()
@@ -602,7 +659,7 @@ mod tests {
         good.extend_from_slice(&(header.len() as u32).to_le_bytes());
         good.extend_from_slice(header);
         good.extend_from_slice(B3Digest::of(header).as_bytes());
-        let (name, _) = read_header(path, &mut &good[..]).unwrap();
+        let name = read_header(path, &mut &good[..]).unwrap().name;
         assert_eq!(name, "n");
         let last = good.len() - 1;
         good[last] ^= 1;
