@@ -12,4 +12,5 @@ pub mod repro;
 pub mod resolve;
 pub mod sandbox;
 pub mod scheduler;
+pub mod trust;
 pub mod vm;

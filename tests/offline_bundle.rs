@@ -61,6 +61,16 @@ fn kiln(project: &Project, args: &[&str]) -> Output {
     project.kiln().args(args).output().unwrap()
 }
 
+/// A signing key `ci` in the project's store, trusted by `air`'s store:
+/// the signed results of its bundles are cache hits there.
+fn trust_the_project_key(project: &Project, air: &AirGapped) {
+    let generated = kiln(project, &["key", "generate", "ci"]);
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let public = text(&generated.stdout).trim().to_owned();
+    let trusted = air.kiln(air.dir.path(), &["trust", "add", &public]);
+    assert!(trusted.status.success(), "{}", text(&trusted.stderr));
+}
+
 /// A project with a fetched remote source, built once.
 fn built_project(server: &GitServer) -> (Project, Run) {
     let project = Project::new(&manifest(&server.url(), r#"ref = "main";"#));
@@ -77,10 +87,20 @@ fn built_project(server: &GitServer) -> (Project, Run) {
 fn a_bundled_build_reruns_air_gapped_all_cached_then_rebuilds_with_no_cache() {
     let server = GitServer::start();
     let (project, first) = built_project(&server);
+    let air = AirGapped::new();
+    trust_the_project_key(&project, &air);
     let bundle = project.dir.path().join("build.bundle");
     let created = kiln(
         &project,
-        &["bundle", "create", "last", "-o", bundle.to_str().unwrap()],
+        &[
+            "bundle",
+            "create",
+            "last",
+            "--sign",
+            "ci",
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
     );
     assert!(created.status.success(), "{}", text(&created.stderr));
     assert!(
@@ -90,7 +110,6 @@ fn a_bundled_build_reruns_air_gapped_all_cached_then_rebuilds_with_no_cache() {
     );
     drop(server); // the remote is gone: only the bundle travels
 
-    let air = AirGapped::new();
     let imported = air.kiln(
         air.dir.path(),
         &[
@@ -102,6 +121,11 @@ fn a_bundled_build_reruns_air_gapped_all_cached_then_rebuilds_with_no_cache() {
         ],
     );
     assert!(imported.status.success(), "{}", text(&imported.stderr));
+    assert!(
+        text(&imported.stderr).contains("2 job result(s) signed by trusted key(s) ci"),
+        "{}",
+        text(&imported.stderr)
+    );
     let checkout = air.dir.path().join("project");
     assert_eq!(
         text(&imported.stdout).trim(),
@@ -187,14 +211,14 @@ fn corrupted_truncated_and_newer_bundles_are_rejected_with_nothing_imported() {
     let middle = good.len() / 2;
     flipped[middle] ^= 0x55;
     let mut newer = good.clone();
-    newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+    newer[8..12].copy_from_slice(&3u32.to_le_bytes());
     let mut header = good.clone();
     header[20] ^= 0x01;
     let cases: [(&str, Vec<u8>, &str); 6] = [
         ("flipped", flipped, "nothing imported"),
         ("truncated", good[..good.len() - 100].to_vec(), "truncated"),
         ("cut-in-header", good[..10].to_vec(), "truncated"),
-        ("newer", newer, "made by a newer kiln (bundle format 2"),
+        ("newer", newer, "made by a newer kiln (bundle format 3"),
         ("header", header, "corrupt"),
         (
             "not-a-bundle",
@@ -306,6 +330,8 @@ fn an_imported_image_travels_in_the_bundle_and_arguments_are_kept() {
     assert!(kiln(&project, &["fetch"]).status.success());
     let first = project.run(&["--offline", "--arg", "version=7"]);
     assert_eq!(first.code, 0, "{}", first.describe());
+    let air = AirGapped::new();
+    trust_the_project_key(&project, &air);
     let bundle = project.dir.path().join("image.bundle");
     let created = kiln(
         &project,
@@ -315,6 +341,8 @@ fn an_imported_image_travels_in_the_bundle_and_arguments_are_kept() {
             "last",
             "--arg",
             "version=7",
+            "--sign",
+            "ci",
             "-o",
             bundle.to_str().unwrap(),
         ],
@@ -327,7 +355,6 @@ fn an_imported_image_travels_in_the_bundle_and_arguments_are_kept() {
     );
     drop(server);
 
-    let air = AirGapped::new();
     let imported = air.kiln(
         air.dir.path(),
         &["bundle", "import", bundle.to_str().unwrap(), "-C", "p"],

@@ -17,6 +17,7 @@ pub mod records;
 pub mod repro;
 pub mod run;
 pub mod store;
+pub mod trust;
 
 /// Exit code for an invalid manifest.
 pub const EXIT_MANIFEST: u8 = 2;
@@ -83,6 +84,12 @@ pub enum Command {
     /// Air-gapped bundles: create one from a build, import one into this store
     #[command(subcommand)]
     Bundle(offline::BundleCommand),
+    /// Signing keys: sign the job results of the bundles you create
+    #[command(subcommand)]
+    Key(trust::KeyCommand),
+    /// The public keys whose signed job results this store serves as cache hits
+    #[command(subcommand)]
+    Trust(trust::TrustCommand),
 
     /// Compare two builds' artifacts: per file, sizes and first differing byte
     Diff(repro::DiffArgs),
@@ -167,6 +174,12 @@ pub fn main() -> ExitCode {
         }
         Command::Bundle(command) => {
             store_dir(cli.store.as_ref()).and_then(|dir| offline::bundle(&dir, command))
+        }
+        Command::Key(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| trust::key(&dir, command))
+        }
+        Command::Trust(command) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| trust::trust(&dir, command))
         }
         Command::Diff(args) => {
             store_dir(cli.store.as_ref()).and_then(|dir| repro::diff(&dir, args))

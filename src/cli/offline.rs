@@ -48,6 +48,11 @@ pub enum BundleCommand {
         /// The bundle file to write
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
+        /// Sign the job results with this store's key NAME (`kiln key
+        /// generate NAME`): a store that trusts its public key serves them as
+        /// cache hits; unsigned results are only kept
+        #[arg(long, value_name = "NAME")]
+        sign: Option<String>,
         #[command(flatten)]
         inputs: crate::cli::manifest::ManifestInputs,
     },
@@ -57,6 +62,13 @@ pub enum BundleCommand {
         /// Where the project goes [default: ./<bundle name>]
         #[arg(short = 'C', value_name = "DIR")]
         directory: Option<PathBuf>,
+        /// Let the bundle's roots replace existing roots naming other objects
+        #[arg(long)]
+        force: bool,
+        /// Refuse a bundle whose project expands to more than SIZE of files
+        /// (a small bundle can name one chunk many times)
+        #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = crate::cli::parse_byte_size)]
+        max_size: u64,
     },
 }
 
@@ -258,11 +270,34 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
         BundleCommand::Create {
             target,
             output,
+            sign,
             inputs,
-        } => create(store_dir, &target, &output, &inputs),
-        BundleCommand::Import { file, directory } => {
+        } => create(store_dir, &target, &output, sign.as_deref(), &inputs),
+        BundleCommand::Import {
+            file,
+            directory,
+            force,
+            max_size,
+        } => {
             let mut store = Store::open(store_dir)?;
-            let report = bundle::import(&mut store, &file, directory.as_deref())?;
+            let options = kiln_store::ImportOptions {
+                replace_roots: force,
+            };
+            let trusted = crate::trust::Keyring::new(store_dir).trusted()?;
+            let report = bundle::import(
+                &mut store,
+                &file,
+                directory.as_deref(),
+                options,
+                &trusted,
+                max_size,
+            )?;
+            for replaced in &report.replaced {
+                eprintln!(
+                    "replaced root {}/{}: {} -> {}",
+                    replaced.kind, replaced.name, replaced.old, replaced.new
+                );
+            }
             eprintln!(
                 "imported {}: {} object(s) ({} already here), {} job result(s)",
                 file.display(),
@@ -270,6 +305,20 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
                 report.already_present,
                 report.job_results
             );
+            if report.trusted_results > 0 {
+                eprintln!(
+                    "  {} job result(s) signed by trusted key(s) {}: served as cache hits",
+                    report.trusted_results,
+                    report.signed_by.join(", ")
+                );
+            }
+            if report.untrusted_results > 0 {
+                eprintln!(
+                    "  {} job result(s) without a trusted signature: kept as untrusted, \
+                     `kiln run` rebuilds them (`kiln trust add PUBKEY` trusts a signer)",
+                    report.untrusted_results
+                );
+            }
             println!("{}", report.manifest.display());
             let args: String = report
                 .args
@@ -289,8 +338,12 @@ fn create(
     store_dir: &Path,
     target: &str,
     output: &Path,
+    sign: Option<&str>,
     inputs: &ManifestInputs,
 ) -> anyhow::Result<ExitCode> {
+    let secret = sign
+        .map(|name| crate::trust::Keyring::new(store_dir).secret(name))
+        .transpose()?;
     let mut store = Store::open(store_dir)?;
     let is_build = !Path::new(target).exists() && target.parse::<BuildSelector>().is_ok();
     let (manifest_path, build) = if is_build {
@@ -327,6 +380,7 @@ fn create(
         files: &loaded.files,
         build,
         args: &inputs.args,
+        sign: secret.as_ref(),
     };
     let temporary = output.with_extension("partial");
     let file = std::fs::File::create(&temporary)

@@ -400,7 +400,7 @@ fn plan_jobs(
             None => "run-after-upstream",
             Some(_) if !cacheable => "run-uncacheable",
             Some(key) => match ctx.store.lookup_job_result(&key)? {
-                Some(result) if result.status == "passed" => {
+                Some(result) if result.status == kiln_store::JOB_PASSED => {
                     outputs[index] = Some(result.output_layer);
                     "cached"
                 }

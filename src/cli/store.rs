@@ -114,7 +114,12 @@ pub enum StoreCommand {
         output: PathBuf,
     },
     /// Add what a bundle holds that the store lacks, with its roots
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+        /// Let the bundle's roots replace existing roots naming other objects
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub fn run(dir: &Path, command: StoreCommand) -> anyhow::Result<ExitCode> {
@@ -386,12 +391,21 @@ pub fn run(dir: &Path, command: StoreCommand) -> anyhow::Result<ExitCode> {
                 output.display()
             );
         }
-        StoreCommand::Import { file } => {
+        StoreCommand::Import { file, force } => {
             let mut input =
                 File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+            let options = kiln_store::ImportOptions {
+                replace_roots: force,
+            };
             let report = store
-                .import(&mut input)
+                .import_with(&mut input, options)
                 .with_context(|| format!("importing {}", file.display()))?;
+            for replaced in &report.replaced {
+                eprintln!(
+                    "replaced root {}/{}: {} -> {}",
+                    replaced.kind, replaced.name, replaced.old, replaced.new
+                );
+            }
             eprintln!(
                 "imported {} roots: {} trees, {} blobs, {} chunks ({} objects were already present)",
                 report.roots, report.trees, report.blobs, report.chunks, report.already_present

@@ -30,8 +30,13 @@ use crate::image::HOST_IMAGE;
 use crate::layers::DirBuilder;
 
 const MAGIC: &[u8; 8] = b"KILNAIRB";
-/// Bumped when the layout changes; a newer bundle is refused.
-pub const BUNDLE_VERSION: u32 = 1;
+/// Bumped when the layout changes; a newer bundle is refused. Version 2
+/// declares the bytes its project expands to (version 1 bundles are still
+/// read; only the import's cap bounds them).
+pub const BUNDLE_VERSION: u32 = 2;
+/// What `kiln bundle import` writes out at most, unless `--max-size` says
+/// otherwise.
+pub const DEFAULT_MAX_EXPANDED_BYTES: u64 = 16 << 30;
 const MAX_HEADER_BYTES: u32 = 1 << 20;
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -40,6 +45,16 @@ struct Header {
     kiln_version: String,
     name: String,
     tree: B3Digest,
+    /// The bytes of files its project expands to (from version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expanded_size: Option<u64>,
+}
+
+/// What [`read_header`] finds.
+pub struct HeaderInfo {
+    pub name: String,
+    pub tree: B3Digest,
+    pub expanded_size: Option<u64>,
 }
 
 /// What `bundle.json` inside the bundle says.
@@ -67,6 +82,22 @@ pub struct BundledResult {
     pub output_layer: B3Digest,
     pub log: Option<B3Digest>,
     pub artifacts: Vec<JobArtifact>,
+    /// By the exporting store's key (`bundle create --sign`): without a
+    /// signature by a key the importing store trusts, the result is kept
+    /// as untrusted and never served as a cache hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::trust::ResultSignature>,
+}
+
+impl BundledResult {
+    fn signed_fields(&self) -> crate::trust::SignedFields<'_> {
+        crate::trust::SignedFields {
+            key: &self.key,
+            output_layer: &self.output_layer,
+            log: self.log.as_ref(),
+            artifacts: &self.artifacts,
+        }
+    }
 }
 
 /// What a bundle is made of.
@@ -79,6 +110,8 @@ pub struct BundleSpec<'a> {
     pub build: Option<BuildId>,
     /// The `--arg`s the manifest was loaded with.
     pub args: &'a [String],
+    /// Signs every job result (`bundle create --sign NAME`).
+    pub sign: Option<&'a crate::trust::SecretKey>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -199,7 +232,7 @@ pub fn create(
             let Some(result) = store.lookup_job_result(&key)? else {
                 continue;
             };
-            if result.status != "passed" {
+            if result.status != kiln_store::JOB_PASSED {
                 continue;
             }
             let base = format!("results/{}", job_results.len());
@@ -219,13 +252,18 @@ pub fn create(
                     node_of(store, artifact.object)?,
                 )?;
             }
-            job_results.push(BundledResult {
+            let mut bundled = BundledResult {
                 job: job.name.clone(),
                 key,
                 output_layer: result.output_layer,
                 log: result.log,
                 artifacts: result.artifacts,
-            });
+                signature: None,
+            };
+            bundled.signature = spec
+                .sign
+                .map(|secret| secret.sign_result(&bundled.signed_fields()));
+            job_results.push(bundled);
         }
     }
     report.job_results = job_results.len();
@@ -259,11 +297,21 @@ pub fn create(
     selectors.insert(0, RootSelector::Object(digest));
     report.tree = Some(digest);
 
+    let expanded_size = match store
+        .tree(&digest)?
+        .entries()
+        .iter()
+        .find(|e| e.name.as_bytes() == b"project")
+    {
+        Some(entry) => entry.node.size(),
+        None => 0,
+    };
     let header = Header {
         format: BUNDLE_VERSION,
         kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
         name: report.name.clone(),
         tree: digest,
+        expanded_size: Some(expanded_size),
     };
     let header_bytes = serde_json::to_vec(&header)
         .map_err(|error| OfflineError::file(spec.manifest_path, error))?;
@@ -287,13 +335,22 @@ pub struct ImportReport {
     pub directory: PathBuf,
     pub manifest: PathBuf,
     pub job_results: usize,
+    /// Results signed by a trusted key: served as cache hits.
+    pub trusted_results: usize,
+    /// The trusted keys that signed them, by name.
+    pub signed_by: Vec<String>,
+    /// Results without a trusted signature: kept, never served (a run
+    /// rebuilds them; `--check` compares with them).
+    pub untrusted_results: usize,
     pub args: Vec<String>,
     pub objects: u64,
     pub already_present: u64,
+    /// Roots the import replaced (only with `--force`).
+    pub replaced: Vec<kiln_store::ReplacedRoot>,
 }
 
 /// Reads the bundle's header: its format version and the name it suggests.
-pub fn read_header(path: &Path, input: &mut dyn Read) -> Result<(String, B3Digest), OfflineError> {
+pub fn read_header(path: &Path, input: &mut dyn Read) -> Result<HeaderInfo, OfflineError> {
     let bad = |reason: String| OfflineError::Bundle {
         path: path.display().to_string(),
         reason,
@@ -340,7 +397,11 @@ pub fn read_header(path: &Path, input: &mut dyn Read) -> Result<(String, B3Diges
             "its header disagrees with its format version (corrupt)".into(),
         ));
     }
-    Ok((header.name, header.tree))
+    Ok(HeaderInfo {
+        name: header.name,
+        tree: header.tree,
+        expanded_size: header.expanded_size,
+    })
 }
 
 /// Imports the bundle at `path` into `store` and writes its project into
@@ -349,6 +410,9 @@ pub fn import(
     store: &mut Store,
     path: &Path,
     directory: Option<&Path>,
+    options: kiln_store::ImportOptions,
+    trusted: &[crate::trust::PublicKey],
+    max_size: u64,
 ) -> Result<ImportReport, OfflineError> {
     let bad = |reason: String| OfflineError::Bundle {
         path: path.display().to_string(),
@@ -356,7 +420,21 @@ pub fn import(
     };
     let file = std::fs::File::open(path).map_err(|error| bad(format!("cannot open: {error}")))?;
     let mut input = std::io::BufReader::new(file);
-    let (name, tree) = read_header(path, &mut input)?;
+    let HeaderInfo {
+        name,
+        tree,
+        expanded_size,
+    } = read_header(path, &mut input)?;
+    // An amplifying bundle (one chunk named by many files) is refused before
+    // anything is imported when it says so, and after the check below when
+    // it lies.
+    if let Some(declared) = expanded_size.filter(|size| *size > max_size) {
+        return Err(bad(format!(
+            "it expands to {} of files, over the limit of {} (--max-size): nothing imported",
+            bytesize::ByteSize(declared),
+            bytesize::ByteSize(max_size)
+        )));
+    }
     let directory = match directory {
         Some(dir) => dir.to_path_buf(),
         None => PathBuf::from(directory_name(&name)),
@@ -373,7 +451,7 @@ pub fn import(
             "exists and is not empty: choose another directory with -C",
         ));
     }
-    let imported = store.import(&mut input).map_err(|error| {
+    let imported = store.import_with(&mut input, options).map_err(|error| {
         let message = error.to_string();
         if message.contains("nothing imported") {
             bad(message)
@@ -403,20 +481,57 @@ pub fn import(
     else {
         return Err(bad("it has no bundle.json".into()));
     };
+    let project = entry("project");
+    let real_size = project.as_ref().map_or(0, Node::size);
+    if real_size > max_size || expanded_size.is_some_and(|declared| real_size > declared) {
+        return Err(bad(format!(
+            "its project expands to {}, more than it declares ({}) or the limit ({}, --max-size): \
+             no job result recorded, no file written",
+            bytesize::ByteSize(real_size),
+            expanded_size.map_or("nothing".to_owned(), |size| bytesize::ByteSize(size)
+                .to_string()),
+            bytesize::ByteSize(max_size)
+        )));
+    }
     let mut index_bytes = Vec::new();
     store.read_blob(&index_digest, &mut index_bytes)?;
     let index: BundleIndex = serde_json::from_slice(&index_bytes)
         .map_err(|error| bad(format!("malformed bundle.json: {error}")))?;
+    let (mut trusted_results, mut untrusted_results) = (0, 0);
+    let mut signed_by: Vec<String> = Vec::new();
     for result in &index.job_results {
+        let signer = result.signature.as_ref().and_then(|signature| {
+            crate::trust::Keyring::verify(trusted, &result.signed_fields(), signature)
+        });
+        let status = match signer {
+            Some(key) => {
+                if !signed_by.contains(&key.name) {
+                    signed_by.push(key.name);
+                }
+                trusted_results += 1;
+                kiln_store::JOB_PASSED
+            }
+            None => {
+                untrusted_results += 1;
+                // Never in place of a result this store trusts.
+                if store
+                    .lookup_job_result(&result.key)?
+                    .is_some_and(|existing| existing.status == kiln_store::JOB_PASSED)
+                {
+                    continue;
+                }
+                kiln_store::JOB_UNTRUSTED
+            }
+        };
         store.record_job_result(
             result.key,
             result.output_layer,
             result.log,
-            "passed",
+            status,
             result.artifacts.clone(),
         )?;
     }
-    match entry("project") {
+    match project {
         Some(Node::Directory { digest, .. }) => {
             store.restore(&digest, &directory, &RestoreOptions::default())?;
         }
@@ -428,9 +543,13 @@ pub fn import(
         manifest: directory.join(&index.manifest),
         directory,
         job_results: index.job_results.len(),
+        trusted_results,
+        signed_by,
+        untrusted_results,
         args: index.args,
         objects: imported.chunks + imported.blobs + imported.trees,
         already_present: imported.already_present,
+        replaced: imported.replaced,
     })
 }
 
@@ -519,6 +638,7 @@ mod tests {
         let path = Path::new("b");
         let error = |bytes: &[u8]| {
             read_header(path, &mut &bytes[..])
+                .map(|info| info.name)
                 .map(|_| ())
                 .unwrap_err()
                 .to_string()
@@ -539,7 +659,7 @@ mod tests {
         good.extend_from_slice(&(header.len() as u32).to_le_bytes());
         good.extend_from_slice(header);
         good.extend_from_slice(B3Digest::of(header).as_bytes());
-        let (name, _) = read_header(path, &mut &good[..]).unwrap();
+        let name = read_header(path, &mut &good[..]).unwrap().name;
         assert_eq!(name, "n");
         let last = good.len() - 1;
         good[last] ^= 1;

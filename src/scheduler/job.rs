@@ -13,7 +13,7 @@ use crate::events::{Event, JobStatus};
 use crate::layers::{self};
 use crate::repro::{CheckOutcome, Comparison};
 
-const PASSED: &str = "passed";
+use kiln_store::JOB_PASSED as PASSED;
 
 pub(crate) async fn run_job(
     shared: &Arc<Shared>,
@@ -58,10 +58,12 @@ pub(crate) async fn run_job(
                 Ok(ctx.store.lookup_job_result_held(&key, &ctx.roots)?)
             })
             .await?;
-        let found = found.filter(|result| result.status == PASSED);
         if checking {
-            recorded = found;
-        } else if let Some(result) = found {
+            // An untrusted result (from a bundle) is compared with, too.
+            recorded = found.filter(|result| {
+                [PASSED, kiln_store::JOB_UNTRUSTED].contains(&result.status.as_str())
+            });
+        } else if let Some(result) = found.filter(|result| result.status == PASSED) {
             emitter.emit(Event::JobCached {
                 job: name.clone(),
                 stage: stage.clone(),

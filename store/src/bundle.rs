@@ -71,6 +71,26 @@ pub struct BundleReport {
     /// Objects the target store already had (import only).
     pub already_present: u64,
     pub bytes: u64,
+    /// Roots the import replaced (only with [`ImportOptions::replace_roots`]).
+    pub replaced: Vec<ReplacedRoot>,
+}
+
+/// A root an import pointed at a different object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ReplacedRoot {
+    pub kind: RootKind,
+    pub name: String,
+    pub old: ObjectRef,
+    pub new: ObjectRef,
+}
+
+/// How an import treats what the store already has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// Let the bundle's roots replace existing roots of the same kind and
+    /// name that name other objects. Without it such an import is refused
+    /// and nothing is imported.
+    pub replace_roots: bool,
 }
 
 struct HashingWriter<W: Write> {
@@ -228,11 +248,45 @@ impl Store {
     }
 
     /// Reads a bundle; adds what is missing and its roots, or nothing.
+    /// Refuses (nothing imported) a bundle whose roots would replace existing
+    /// roots naming other objects; see [`Store::import_with`].
     pub fn import(&mut self, input: &mut dyn Read) -> Result<BundleReport> {
+        self.import_with(input, ImportOptions::default())
+    }
+
+    /// [`Store::import`] with options.
+    pub fn import_with(
+        &mut self,
+        input: &mut dyn Read,
+        options: ImportOptions,
+    ) -> Result<BundleReport> {
         self.ensure_writable()?;
         let lock = self.shared_lock()?;
         let staged = self.stage(input)?;
         let mut report = staged.report.clone();
+
+        // An existing root is never replaced silently.
+        for (kind, name, object) in &staged.roots {
+            let Some(old) = get_root_in(&self.conn, *kind, name)? else {
+                continue;
+            };
+            if old.object == *object {
+                continue;
+            }
+            if !options.replace_roots {
+                return Err(StoreError::bundle(format!(
+                    "it would replace the root {kind}/{name} ({}) with {object}; \
+                     nothing imported (use --force to replace it)",
+                    old.object
+                )));
+            }
+            report.replaced.push(ReplacedRoot {
+                kind: *kind,
+                name: name.clone(),
+                old: old.object,
+                new: *object,
+            });
+        }
 
         // Write the chunks the store lacks (durably), then every row at once.
         let mut spool = staged.spool;

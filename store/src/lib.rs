@@ -25,7 +25,7 @@ mod stats;
 mod store;
 mod tree;
 
-pub use bundle::{BundleReport, RootSelector};
+pub use bundle::{BundleReport, ImportOptions, ReplacedRoot, RootSelector};
 pub use chunker::{CHUNKER_NAME, ChunkerParams};
 pub use curate::{CurationPolicy, CurationReport, DEFAULT_THRESHOLD, GcReport, SweepReport};
 pub use digest::{B3Digest, DIGEST_PREFIX, DigestParseError};
@@ -34,7 +34,8 @@ pub use fsck::{FsckOptions, FsckReport, Problem};
 pub use ingest::{AddOptions, AddReport, Progress};
 pub use object::{ObjectKind, ObjectRef};
 pub use records::{
-    Artifact, BuildId, BuildRecord, BuildStatus, JobArtifact, JobResult, NamedRoot, RootKind,
+    Artifact, BuildId, BuildRecord, BuildStatus, JOB_PASSED, JOB_UNTRUSTED, JobArtifact, JobResult,
+    NamedRoot, RootKind,
 };
 pub use restore::{RestoreOptions, RestoreReport};
 pub use runs::{BatchReport, BuildBatch, BuildJob, JobUpdate, KeyHistory, StoredEvent};

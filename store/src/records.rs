@@ -177,6 +177,14 @@ pub struct JobArtifact {
     pub size: u64,
 }
 
+/// `JobResult::status` of a result this store ran, or a bundle's result
+/// signed by a key it trusts: the only status served as a cache hit.
+pub const JOB_PASSED: &str = "passed";
+/// `JobResult::status` of a bundle's result without a trusted signature:
+/// kept (so `run --check` can compare with it), never served; the store's
+/// own run of the job replaces it.
+pub const JOB_UNTRUSTED: &str = "untrusted";
+
 /// What a job produced, keyed by its job key (design §3).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct JobResult {
