@@ -217,10 +217,10 @@ fn the_job_sees_only_its_own_processes() {
 #[test]
 fn the_job_cannot_read_home_root_or_the_hosts_tmp() {
     let _serial = serial();
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: planting markers in /root and /home needs root");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "planting markers in /root and /home needs root: run the suite as root, as CI does"
+    );
     let markers = [
         PathBuf::from(format!("/root/.kiln-sandbox-test-{}", std::process::id())),
         PathBuf::from(format!("/home/.kiln-sandbox-test-{}", std::process::id())),
@@ -609,9 +609,10 @@ fn memory_and_pids_limits_apply_or_fail_clearly() {
 fn an_unprivileged_caller_gets_a_user_namespace() {
     use std::os::unix::process::CommandExt;
     let _serial = serial();
-    if !nix::unistd::geteuid().is_root() {
-        return; // this test switches to `nobody`, which needs root
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches to `nobody`, which needs root: run the suite as root, as CI does"
+    );
     let job = Job::with_layers(
         "id -u; id -g; cat a; rm a; echo new > b; hostname",
         &[&[("a", "lower\n")]],
@@ -662,9 +663,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn a_killed_sandbox_with_limits_leaves_no_cgroup() {
     let _serial = serial();
-    if !machine_has_cgroup_controllers() || !nix::unistd::geteuid().is_root() {
-        return;
-    }
+    assert!(
+        machine_has_cgroup_controllers() && nix::unistd::geteuid().is_root(),
+        "needs root and the memory and pids cgroup controllers (CI has both)"
+    );
     let mut job = Job::new("touch started; sleep 987671");
     job.spec.limits.pids = Some(16);
     let run = job.prepare();
