@@ -99,10 +99,8 @@ fn real_directory(path: &Path) -> Result<(), RunError> {
         source,
     };
     match std::fs::symlink_metadata(path) {
+        // `is_dir` of lstat: a symlink to a directory is not one.
         Ok(meta) if meta.is_dir() => return Ok(()),
-        Ok(meta) if meta.file_type().is_symlink() || meta.is_file() => {
-            std::fs::remove_file(path).map_err(io)?
-        }
         Ok(_) => std::fs::remove_file(path).map_err(io)?,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(io(err)),
