@@ -280,18 +280,15 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
             max_size,
         } => {
             let mut store = Store::open(store_dir)?;
-            let options = kiln_store::ImportOptions {
-                replace_roots: force,
-            };
             let trusted = crate::trust::Keyring::new(store_dir).trusted()?;
-            let report = bundle::import(
-                &mut store,
-                &file,
-                directory.as_deref(),
-                options,
-                &trusted,
+            let policy = bundle::ImportPolicy {
+                roots: kiln_store::ImportOptions {
+                    replace_roots: force,
+                },
+                trusted: &trusted,
                 max_size,
-            )?;
+            };
+            let report = bundle::import(&mut store, &file, directory.as_deref(), &policy)?;
             for replaced in &report.replaced {
                 eprintln!(
                     "replaced root {}/{}: {} -> {}",

@@ -349,6 +349,27 @@ pub struct ImportReport {
     pub replaced: Vec<kiln_store::ReplacedRoot>,
 }
 
+/// What an import accepts from a bundle.
+#[derive(Clone, Copy, Debug)]
+pub struct ImportPolicy<'a> {
+    /// Whether its roots may replace existing ones (`--force`).
+    pub roots: kiln_store::ImportOptions,
+    /// The keys whose signed job results become cache hits.
+    pub trusted: &'a [crate::trust::PublicKey],
+    /// The most bytes of files its project may expand to (`--max-size`).
+    pub max_size: u64,
+}
+
+impl Default for ImportPolicy<'_> {
+    fn default() -> Self {
+        ImportPolicy {
+            roots: kiln_store::ImportOptions::default(),
+            trusted: &[],
+            max_size: DEFAULT_MAX_EXPANDED_BYTES,
+        }
+    }
+}
+
 /// Reads the bundle's header: its format version and the name it suggests.
 pub fn read_header(path: &Path, input: &mut dyn Read) -> Result<HeaderInfo, OfflineError> {
     let bad = |reason: String| OfflineError::Bundle {
@@ -410,10 +431,9 @@ pub fn import(
     store: &mut Store,
     path: &Path,
     directory: Option<&Path>,
-    options: kiln_store::ImportOptions,
-    trusted: &[crate::trust::PublicKey],
-    max_size: u64,
+    policy: &ImportPolicy<'_>,
 ) -> Result<ImportReport, OfflineError> {
+    let max_size = policy.max_size;
     let bad = |reason: String| OfflineError::Bundle {
         path: path.display().to_string(),
         reason,
@@ -451,14 +471,16 @@ pub fn import(
             "exists and is not empty: choose another directory with -C",
         ));
     }
-    let imported = store.import_with(&mut input, options).map_err(|error| {
-        let message = error.to_string();
-        if message.contains("nothing imported") {
-            bad(message)
-        } else {
-            bad(format!("rejected, nothing imported: {message}"))
-        }
-    })?;
+    let imported = store
+        .import_with(&mut input, policy.roots)
+        .map_err(|error| {
+            let message = error.to_string();
+            if message.contains("nothing imported") {
+                bad(message)
+            } else {
+                bad(format!("rejected, nothing imported: {message}"))
+            }
+        })?;
     // The store verified the closure; now it must hold what the header names.
     let roots = store.temp_roots()?;
     if store.object_kind(&tree).ok() != Some(ObjectKind::Tree) {
@@ -501,7 +523,7 @@ pub fn import(
     let mut signed_by: Vec<String> = Vec::new();
     for result in &index.job_results {
         let signer = result.signature.as_ref().and_then(|signature| {
-            crate::trust::Keyring::verify(trusted, &result.signed_fields(), signature)
+            crate::trust::Keyring::verify(policy.trusted, &result.signed_fields(), signature)
         });
         let status = match signer {
             Some(key) => {
