@@ -11,5 +11,11 @@ fn main() -> ExitCode {
     {
         kiln::sandbox::helper_main(&args[2..]);
     }
+    if args
+        .get(1)
+        .is_some_and(|arg| arg == kiln::controller::session::BUILD_ARG)
+    {
+        return kiln::cli::build::build_main();
+    }
     kiln::cli::main()
 }

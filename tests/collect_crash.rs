@@ -6,89 +6,12 @@
 #[path = "run_support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
-use support::Project;
-
-/// A `kiln run --json` in the background whose events are read as they come.
-struct Background {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Background {
-    fn start(project: &Project, args: &[&str]) -> Background {
-        let mut child = project
-            .kiln()
-            .arg("run")
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(value) = serde_json::from_str::<Value>(&line)
-                    && sender.send(value["event"].clone()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Background {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits (at most 60 s) for an event `kind` about `job`.
-    fn wait_for(&mut self, kind: &str, job: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        if let Some(found) = self
-            .seen
-            .iter()
-            .find(|e| e["type"] == kind && e["job"] == job)
-        {
-            return found.clone();
-        }
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(event) => {
-                    self.seen.push(event.clone());
-                    if event["type"] == kind && event["job"] == job {
-                        return event;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(_) => break,
-            }
-        }
-        panic!("no {kind} event for {job}; events so far: {:#?}", self.seen);
-    }
-
-    /// Waits for the build to end; returns its exit code and every event.
-    fn finish(mut self) -> (i32, Vec<Value>, String) {
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-        }
-        while let Ok(event) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(event);
-        }
-        (status.code().unwrap_or(-1), self.seen, stderr)
-    }
-}
+use support::{Background, Project, descendants_of, events_of, wait_until};
 
 fn kiln_store(project: &Project, args: &[&str]) -> std::process::Output {
     project.kiln().arg("store").args(args).output().unwrap()
@@ -146,7 +69,8 @@ fn curate_during_a_build_keeps_the_cached_upstream_layer_it_will_restore() {
     );
     let gc = kiln_store(&project, &["gc"]);
     assert!(gc.status.success(), "{gc:?}");
-    let (code, events, stderr) = build.finish();
+    let (code, lines, stderr) = build.finish();
+    let events = events_of(&lines);
     assert_eq!(code, 0, "{events:#?}\n{stderr}");
     assert_eq!(status_of(&events, "up"), "cached");
     assert_eq!(status_of(&events, "down"), "passed", "{events:#?}");
@@ -185,13 +109,11 @@ fn gc_from_another_pid_namespace_keeps_a_running_builds_objects() {
     project.write("data/file.txt", "payload\n");
     let mut build = Background::start(&project, &[]);
     build.wait_for("job/start", "slow");
-    let tree = build
-        .seen
-        .iter()
+    let tree = events_of(&build.seen)
+        .into_iter()
         .find(|e| e["type"] == "source/resolved")
-        .and_then(|e| e["tree"].as_str())
-        .expect("a source/resolved event with its tree")
-        .to_owned();
+        .and_then(|e| e["tree"].as_str().map(str::to_owned))
+        .expect("a source/resolved event with its tree");
     let pid = build.child.id();
 
     // Control: the build's pid is invisible in a fresh PID namespace.
@@ -225,7 +147,8 @@ fn gc_from_another_pid_namespace_keeps_a_running_builds_objects() {
         object_exists(&project, &tree),
         "gc from another PID namespace swept the running build's source tree {tree}: {report}"
     );
-    let (code, events, stderr) = build.finish();
+    let (code, lines, stderr) = build.finish();
+    let events = events_of(&lines);
     assert_eq!(code, 0, "{events:#?}\n{stderr}");
     assert_eq!(status_of(&events, "after"), "passed", "{events:#?}");
     project.assert_clean();
@@ -371,46 +294,11 @@ fn a_host_visible_tmpdir_holds_no_upper_layer() {
     project.assert_clean();
 }
 
-/// Processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(child) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
-
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
         .trim()
         .to_owned()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// SIGKILL of kiln during a container job with limits: the next run sweeps
@@ -429,7 +317,7 @@ fn sigkill_during_a_limited_container_job_leaves_nothing_after_the_next_run() {
     let mut build = Background::start(&project, &[]);
     build.wait_for("job/start", "slow");
     let kiln = build.child.id();
-    let helpers: Vec<u32> = children_of(kiln);
+    let helpers: Vec<u32> = descendants_of(kiln);
     assert!(!helpers.is_empty(), "no sandbox helper under kiln {kiln}");
     build.child.kill().unwrap();
     let _ = build.child.wait();
@@ -508,9 +396,12 @@ fn cgroup_dirs(pid: u32) -> Vec<PathBuf> {
     dirs
 }
 
-/// SIGKILL of kiln during a qemu job: QEMU dies with it (parent-death
-/// signal), and its private directory goes at the next run. Control: QEMU
-/// was running, as a child of kiln, before the kill.
+/// SIGKILL of kiln during a qemu job: QEMU dies with it (the build process
+/// gets its parent-death signal and stops the VM: QMP `quit`, at most 2 s,
+/// then a kill; a build process killed outright takes QEMU down through
+/// QEMU's own parent-death signal), and its private directory goes at the
+/// next run. Control: QEMU was running, under kiln (in its build process),
+/// before the kill.
 #[test]
 fn sigkill_during_a_qemu_job_takes_qemu_down_with_kiln() {
     let project = Project::new(
@@ -541,7 +432,7 @@ fn sigkill_during_a_qemu_job_takes_qemu_down_with_kiln() {
     let kiln = build.child.id();
     let mut qemu = None;
     wait_until("QEMU to start", Duration::from_secs(120), || {
-        qemu = children_of(kiln)
+        qemu = descendants_of(kiln)
             .into_iter()
             .find(|pid| comm(*pid).starts_with("qemu-system"));
         qemu.is_some()
@@ -549,7 +440,7 @@ fn sigkill_during_a_qemu_job_takes_qemu_down_with_kiln() {
     let qemu = qemu.unwrap();
     build.child.kill().unwrap();
     let _ = build.child.wait();
-    wait_until("QEMU to die with kiln", Duration::from_secs(5), || {
+    wait_until("QEMU to die with kiln", Duration::from_secs(20), || {
         !Path::new(&format!("/proc/{qemu}")).exists()
             || std::fs::read_to_string(format!("/proc/{qemu}/stat"))
                 .is_ok_and(|s| s.contains(") Z "))

@@ -15,15 +15,21 @@ use kiln_grammar::manifest::Manifest;
 use kiln_store::{B3Digest, BuildStatus, RootKind, Store};
 use tokio::sync::watch;
 
+use crate::cli::build::EXIT_BUILD_PROCESS;
 use crate::cli::manifest::{ManifestInputs, parse_args};
 use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
+use crate::controller::api::manifest_digest;
+use crate::controller::{
+    BuildOptions, BuildParams, BuildPlace, Controller, Feed, GraphView, OutcomeCollector,
+    ProcessEnd,
+};
 use crate::driver::{CreateContext, Driver, Stop};
+use crate::events::{Emitter, Event, Route};
 use crate::events::{LocalBus, LocalOptions};
 use crate::graph::{BuildGraph, KeyInputs};
 use crate::repro::provenance::{Invocation, ManifestFile};
 use crate::repro::{CheckOutcome, EXIT_NOT_REPRODUCIBLE};
 use crate::scheduler::prepare::{DriverSet, StoreCtx};
-use crate::scheduler::{RunOptions, run_build};
 
 pub const EXIT_BUILD_FAILED: u8 = 3;
 pub const EXIT_BUILD_KILLED: u8 = 4;
@@ -61,6 +67,10 @@ pub struct RunArgs {
     /// marker line and the rest is discarded (the job keeps running)
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::cli::parse_byte_size)]
     pub log_limit: u64,
+    /// Where the build process runs: a child process of this one, or a
+    /// kiln container on the host image with the store mounted
+    #[arg(long = "in", value_name = "PLACE", value_enum, default_value_t = BuildPlace::Child)]
+    pub place: BuildPlace,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,14 +213,36 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         check: args.check,
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let options = RunOptions {
-        jobs: args.jobs.unwrap_or(cores).max(1),
-        no_cache: args.no_cache,
-        check: args.check,
-        store_dir: store_dir.to_path_buf(),
-        helper: std::env::current_exe().context("locating the kiln binary")?,
-        owner: owner_of(&manifest),
-        log_limit: args.log_limit,
+    let owner = owner_of(&manifest);
+    let mut params = BuildParams {
+        build: 0,
+        manifest: manifest_key(&path),
+        args: args.inputs.args.clone(),
+        allow_paths: args
+            .inputs
+            .allow_paths
+            .iter()
+            .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
+            .collect(),
+        manifest_digest: manifest_digest(&manifest),
+        options: BuildOptions {
+            jobs: args.jobs.unwrap_or(cores).max(1),
+            no_cache: args.no_cache,
+            check: args.check,
+            log_limit: args.log_limit,
+            store_dir: store_dir.to_path_buf(),
+            owner: owner.clone(),
+        },
+        graph: GraphView::of(&graph),
+    };
+    // What the build container (`--in container`) must see of the host.
+    let roots = manifest.roots.roots().to_vec();
+    drop(graph);
+    drop(manifest);
+    let launch = Launch {
+        exe: std::env::current_exe().context("locating the kiln binary")?,
+        place: args.place,
+        roots,
     };
     // Open (and create) the store before the runtime: errors are plain.
     drop(
@@ -223,37 +255,65 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the tokio runtime")?;
     let json = args.json;
-    let outcome = runtime.block_on(async move {
-        let bus = LocalBus::start(
+    let collector = OutcomeCollector::default();
+    let collected = collector.clone();
+    let ran = runtime.block_on(async move {
+        let started = std::time::Instant::now();
+        let feed = Feed::new();
+        let bus = LocalBus::start_with(
             store_dir,
-            &options.owner,
+            &owner,
             &manifest_key(&path),
             &LocalOptions {
                 json,
                 ..LocalOptions::default()
             },
+            |router| {
+                router
+                    .interceptor(Route::All, feed.interceptor())
+                    .interceptor(OutcomeCollector::ROUTE, collected)
+            },
         )?;
+        let build = kiln_store::BuildId(bus.build());
+        params.build = bus.build();
+        let emitter = bus.emitter();
         let (stop_sender, _) = watch::channel(None);
         let signals = watch_signals(stop_sender.clone())?;
-        let build = kiln_store::BuildId(bus.build());
-        let outcome = run_build(&manifest, graph, options, bus.emitter(), stop_sender).await;
+        let ran = supervise_build(store_dir, &params, &launch, &emitter, feed, stop_sender).await;
+        if let Err(error) = &ran {
+            emitter.emit(Event::Warning {
+                job: None,
+                message: format!("the build could not run: {error:#}"),
+            });
+        }
+        if !matches!(ran, Ok(Supervised::Finished)) {
+            emitter.emit(Event::BuildEnd {
+                status: BuildStatus::Failed,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            });
+        }
         signals.abort();
         let finished = bus.finish().await;
-        let outcome = outcome?;
         if let Err(error) = finished {
             eprintln!("warning: recording the build: {error}");
         }
-        anyhow::Ok((build, outcome))
+        anyhow::Ok((build, ran))
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-    let (build, outcome) = outcome;
+    let (build, ran) = ran;
+    let ran = ran?;
     if let Err(error) = Store::open(store_dir)
         .map_err(crate::repro::ReproError::from)
         .and_then(|mut store| crate::repro::provenance::record(&mut store, build, &invocation))
     {
         eprintln!("warning: recording the provenance of build {build}: {error}");
     }
-    let status = outcome.status;
+    let outcome = collector.outcome();
+    if ran == Supervised::CouldNotRun {
+        // The build process said why on stderr; the build is recorded failed.
+        return Ok(ExitCode::from(EXIT_FAILURE));
+    }
+    let status = outcome.status.unwrap_or(BuildStatus::Failed);
     if args.check {
         let count = |wanted: CheckOutcome| {
             outcome
@@ -296,8 +356,81 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
+/// How the build process is started.
+struct Launch {
+    /// The kiln binary.
+    exe: PathBuf,
+    place: BuildPlace,
+    /// The manifest's allowed roots, which a build container must see.
+    roots: Vec<PathBuf>,
+}
+
+/// How the build process ended, as far as `kiln run` is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Supervised {
+    /// It ran the build to its end (whatever the build's status).
+    Finished,
+    /// It could not run the build (it said why; exit 1 like any error).
+    CouldNotRun,
+    /// It died before the build ended (the build is recorded failed).
+    Died,
+}
+
+/// The controller's half of a build: serve the API, start the build
+/// process, wait for it, and clean up after it if it died.
+async fn supervise_build(
+    store_dir: &Path,
+    params: &BuildParams,
+    launch: &Launch,
+    emitter: &Emitter,
+    feed: std::sync::Arc<Feed>,
+    stop: watch::Sender<Option<Stop>>,
+) -> anyhow::Result<Supervised> {
+    let controller = Controller::start(store_dir, params, emitter.clone(), feed, stop).await?;
+    let spawned = match launch.place {
+        BuildPlace::Child => controller.spawn_build_process(&launch.exe),
+        BuildPlace::Container => {
+            controller.spawn_build_container(&launch.exe, store_dir, &launch.roots)
+        }
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            controller.close().await;
+            return Err(error.into());
+        }
+    };
+    let pid = child.id();
+    let end = controller.supervise(&mut child).await;
+    let supervised = if controller.build_ended() {
+        Supervised::Finished
+    } else {
+        if end != ProcessEnd::Exited(i32::from(EXIT_BUILD_PROCESS)) {
+            emitter.emit(Event::Warning {
+                job: None,
+                message: format!("{} before the build ended", end.describe()),
+            });
+        }
+        for swept in controller.tear_down_after(pid, store_dir) {
+            emitter.emit(Event::Warning {
+                job: None,
+                message: format!("removed {} left by the build process", swept.display()),
+            });
+        }
+        if end == ProcessEnd::Exited(i32::from(EXIT_BUILD_PROCESS)) {
+            Supervised::CouldNotRun
+        } else {
+            Supervised::Died
+        }
+    };
+    controller.close().await;
+    Ok(supervised)
+}
+
 /// SIGINT and SIGTERM stop the build as Killed.
-fn watch_signals(stop: watch::Sender<Option<Stop>>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub(crate) fn watch_signals(
+    stop: watch::Sender<Option<Stop>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;

@@ -119,6 +119,7 @@ impl ContainerDriver {
             .map(|(source, target)| Bind {
                 source: source.clone(),
                 target: target.clone(),
+                read_only: false,
             })
             .collect();
         spec.limits = Limits {

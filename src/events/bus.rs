@@ -75,6 +75,22 @@ impl Emitter {
         true
     }
 
+    /// Feeds an event that a build process elsewhere emitted at `time_ms`
+    /// (its envelope's time); this bus gives it its own sequence number.
+    /// Output lines are bounded by [`MAX_QUEUED_OUTPUT`] as with
+    /// [`Emitter::emit_output`]: `false` when one was dropped.
+    pub fn relay(&self, time_ms: i64, event: Event) -> bool {
+        if let Event::JobOutput { job, line } = &event {
+            let cost = output_cost(job, line);
+            if self.queued_output.load(Ordering::Acquire) + cost > MAX_QUEUED_OUTPUT {
+                return false;
+            }
+            self.queued_output.fetch_add(cost, Ordering::AcqRel);
+        }
+        let _ = self.sender.send(Message::Event { time_ms, event });
+        true
+    }
+
     /// Feeds an envelope made by another bus (e.g. received from a child
     /// process) through this bus's router unchanged.
     pub fn forward(&self, envelope: Envelope) {

@@ -45,6 +45,18 @@ impl LocalBus {
         manifest: &Path,
         options: &LocalOptions,
     ) -> Result<EventBus, EventError> {
+        Self::start_with(store_dir, owner, manifest, options, |router| router)
+    }
+
+    /// [`LocalBus::start`], with more interceptors added by `extend` (the
+    /// controller's feed and outcome).
+    pub fn start_with(
+        store_dir: &Path,
+        owner: &str,
+        manifest: &Path,
+        options: &LocalOptions,
+        extend: impl FnOnce(Router) -> Router,
+    ) -> Result<EventBus, EventError> {
         let mut store = Store::open(store_dir).map_err(|source| EventError::OpenStore {
             dir: store_dir.to_path_buf(),
             source,
@@ -84,7 +96,7 @@ impl LocalBus {
         if options.json {
             router = router.interceptor(Route::All, JsonLines::stdout());
         }
-        let bus = EventBus::start(build.0, router)?;
+        let bus = EventBus::start(build.0, extend(router))?;
         let emitter = bus.emitter();
         emitter.emit(Event::BuildQueued {
             owner: owner.to_owned(),

@@ -213,7 +213,14 @@ fn init(
     drop(go);
     // Now in its cgroup (the helper put it there before the go byte): the
     // cgroup namespace is rooted at it.
-    if let Err(err) = setup::enter_cgroup_namespace(sys)
+    // The build process sees the host's cgroups: the sandboxes it starts
+    // make theirs where a job started from the host would.
+    let cgroup_namespace = if plan.profile == super::spec::Profile::Job {
+        setup::enter_cgroup_namespace(sys)
+    } else {
+        Ok(())
+    };
+    if let Err(err) = cgroup_namespace
         .and_then(|()| setup::configure_namespaces(sys, plan))
         .and_then(|()| setup::build_root(sys, plan))
     {

@@ -31,7 +31,7 @@ pub use helper::{EXIT_SETUP_FAILED, HELPER_ARG, helper_main};
 pub use outcome::SandboxOutcome;
 pub use run::SandboxRun;
 pub use spec::{
-    Bind, HOST_VIEW_HIDDEN, Limits, RootFs, SCRIPT_PATH_INSIDE, SandboxSpec, WorkspaceSpec,
+    Bind, HOST_VIEW_HIDDEN, Limits, Profile, RootFs, SCRIPT_PATH_INSIDE, SandboxSpec, WorkspaceSpec,
 };
 
 /// For the scheduler's sweep of cgroups left by dead builds.

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use super::error::SandboxError;
-use super::spec::{HOST_VIEW_HIDDEN, Limits, RESERVED_TOP, RootFs, SandboxSpec};
+use super::spec::{HOST_VIEW_HIDDEN, Limits, Profile, RESERVED_TOP, RootFs, SandboxSpec};
 
 /// A top-level entry of the host's root, as the host view shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +57,32 @@ pub struct Plan {
     /// `Some((uid, gid))` of the caller when it is not root: a user
     /// namespace maps them to 0 inside.
     pub user_namespace: Option<(u32, u32)>,
-    /// (canonical host directory, target inside), mounted last.
-    pub binds: Vec<(PathBuf, PathBuf)>,
+    /// Mounted last.
+    pub binds: Vec<PlannedBind>,
+    pub profile: Profile,
+}
+
+/// A bind of the plan: a canonical, symlink-free host directory and its
+/// target inside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedBind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+    /// With the mounts below the source (the build process's `/sys`).
+    pub recursive: bool,
+}
+
+impl PlannedBind {
+    #[cfg(test)]
+    pub fn writable(source: PathBuf, target: PathBuf) -> Self {
+        PlannedBind {
+            source,
+            target,
+            read_only: false,
+            recursive: false,
+        }
+    }
 }
 
 fn existing_dir(what: &'static str, path: &Path) -> Result<PathBuf, SandboxError> {
@@ -136,14 +160,22 @@ impl Plan {
             .binds
             .iter()
             .map(|bind| {
-                Ok((
-                    existing_dir_without_symlinks("bind source", &bind.source)?,
-                    bind.target.clone(),
-                ))
+                Ok(PlannedBind {
+                    source: existing_dir_without_symlinks("bind source", &bind.source)?,
+                    target: bind.target.clone(),
+                    read_only: bind.read_only,
+                    recursive: spec.profile == Profile::BuildProcess,
+                })
             })
             .collect::<Result<Vec<_>, SandboxError>>()?;
+        if spec.profile == Profile::BuildProcess && !euid.is_root() {
+            return Err(SandboxError::InvalidSpec(
+                "the build process runs in a container only as root".into(),
+            ));
+        }
         Ok(Plan {
             binds,
+            profile: spec.profile,
             root,
             workspace_path: spec.workspace.path.clone(),
             workspace_lower,

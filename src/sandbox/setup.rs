@@ -17,7 +17,7 @@ use nix::sched::CloneFlags;
 use super::confine::{Confinement, confine_job};
 use super::error::SandboxError;
 use super::plan::{HostEntry, Mask, Plan, PlannedRoot};
-use super::spec::SCRIPT_PATH_INSIDE;
+use super::spec::{Profile, SCRIPT_PATH_INSIDE};
 use super::sys::Sys;
 
 /// Where the scratch tmpfs is mounted before the first pivot.
@@ -74,7 +74,12 @@ const DEV_SYMLINKS: &[(&str, &str)] = &[
 /// the namespace, and the helper must keep the host's view to write its
 /// status file and clean its cgroup up.
 pub fn namespaces(plan: &Plan) -> CloneFlags {
-    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    let mut flags = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    // The build process shares the host's PID namespace: the sandboxes it
+    // starts name their cgroups and judge their leftovers by host pids.
+    if plan.profile == Profile::Job {
+        flags |= CloneFlags::CLONE_NEWPID;
+    }
     if !plan.network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -298,7 +303,7 @@ pub fn build_root(sys: &mut impl Sys, plan: &Plan) -> Result<(), SandboxError> {
             mkdir(sys, Path::new(SCAFFOLD), 0o755)?;
             write_skeleton(sys, SCAFFOLD, plan)?;
             // Bind targets in the read-only image need their mount points.
-            for (_, target) in &plan.binds {
+            for target in plan.binds.iter().map(|bind| &bind.target) {
                 mkdir_all(sys, SCAFFOLD, target)?;
             }
             let mut lower = vec![PathBuf::from(SCAFFOLD)];
@@ -392,7 +397,7 @@ fn build_host_view(
     // Mount points of binds below a directory the view shows empty (such
     // as /root) are made now, while the root tmpfs is still writable; never
     // below a bound host directory (that would write on the host).
-    for (_, target) in &plan.binds {
+    for target in plan.binds.iter().map(|bind| &bind.target) {
         let top = target
             .strip_prefix("/")
             .ok()
@@ -437,18 +442,18 @@ fn build_host_view(
 fn clone_bind_sources(
     sys: &mut impl Sys,
     plan: &Plan,
-) -> Result<Vec<(OwnedFd, PathBuf)>, SandboxError> {
+) -> Result<Vec<(OwnedFd, PathBuf, bool)>, SandboxError> {
     plan.binds
         .iter()
-        .map(|(source, target)| {
-            let host_path = on_host(source);
-            let tree =
-                sys.clone_tree(&host_path)
-                    .map_err(|errno| SandboxError::CloneBindSource {
-                        source_path: source.clone(),
-                        source: errno,
-                    })?;
-            Ok((tree, target.clone()))
+        .map(|bind| {
+            let host_path = on_host(&bind.source);
+            let tree = sys
+                .clone_tree(&host_path, bind.recursive)
+                .map_err(|errno| SandboxError::CloneBindSource {
+                    source_path: bind.source.clone(),
+                    source: errno,
+                })?;
+            Ok((tree, bind.target.clone(), bind.read_only))
         })
         .collect()
 }
@@ -459,14 +464,24 @@ fn clone_bind_sources(
 /// last so that they may lie in the workspace or `/tmp`. A missing mount
 /// point is made where the filesystem is writable; on the read-only root it
 /// is a clear error.
-fn attach_binds(sys: &mut impl Sys, binds: Vec<(OwnedFd, PathBuf)>) -> Result<(), SandboxError> {
-    for (tree, target) in binds {
+fn attach_binds(
+    sys: &mut impl Sys,
+    binds: Vec<(OwnedFd, PathBuf, bool)>,
+) -> Result<(), SandboxError> {
+    for (tree, target, read_only) in binds {
         mkdir_all(sys, "/", &target)?;
         sys.attach_tree(&tree, &target)
             .map_err(|errno| SandboxError::AttachBind {
                 target: target.clone(),
                 source: errno,
             })?;
+        if read_only {
+            sys.make_read_only_recursive(&target)
+                .map_err(|source| SandboxError::MakeReadOnly {
+                    target: target.clone(),
+                    source,
+                })?;
+        }
     }
     Ok(())
 }
@@ -678,7 +693,10 @@ pub fn exec_job(sys: &mut impl Sys, plan: &Plan, confinement: &Confinement) -> S
             source,
         };
     }
-    if let Err(err) = confine_job(sys, confinement) {
+    // The build process starts sandboxes itself: it keeps what they need.
+    if plan.profile == Profile::Job
+        && let Err(err) = confine_job(sys, confinement)
+    {
         return err;
     }
     let source = sys.exec(&program, &args, &env);

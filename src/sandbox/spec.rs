@@ -35,9 +35,31 @@ pub struct SandboxSpec {
     /// Optional cgroup limits.
     #[serde(default)]
     pub limits: Limits,
-    /// Writable host directories bound into the sandbox (build caches).
+    /// Host directories bound into the sandbox (build caches; for the build
+    /// process, the store and the project).
     #[serde(default)]
     pub binds: Vec<Bind>,
+    /// Who runs inside: a job (every confinement) or kiln's build process.
+    #[serde(default)]
+    pub profile: Profile,
+}
+
+/// Who a sandbox is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// A job: its own PID, network, UTS, IPC, mount and cgroup namespaces,
+    /// and the confinement of docs/drivers.md (capabilities, seccomp,
+    /// `no_new_privs`).
+    #[default]
+    Job,
+    /// `kiln run --in container`: kiln's build process, which itself starts
+    /// job sandboxes. It has its own mount, UTS and IPC namespaces and the
+    /// read-only host view, but keeps its capabilities and system calls, and
+    /// shares the host's PID and network namespaces and `/sys` (so the
+    /// cgroups and process checks of the sandboxes it starts mean what they
+    /// mean on the host). Root only.
+    BuildProcess,
 }
 
 /// A host directory mounted read-write at `target` inside the sandbox,
@@ -49,6 +71,9 @@ pub struct Bind {
     pub source: PathBuf,
     /// Absolute, inside the sandbox.
     pub target: PathBuf,
+    /// Mounted read-only (with everything below it).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The root filesystem of the sandbox.
@@ -123,6 +148,7 @@ impl SandboxSpec {
             network: false,
             limits: Limits::default(),
             binds: Vec::new(),
+            profile: Profile::Job,
         }
     }
 
@@ -175,10 +201,13 @@ impl SandboxSpec {
                     target.display()
                 )));
             }
+            // The build process sees the host's /sys (its sandboxes' cgroups).
+            let sys_for_build_process =
+                self.profile == Profile::BuildProcess && target == Path::new("/sys");
             if let Some(reserved) = RESERVED_INSIDE
                 .iter()
                 .filter(|r| **r != "/tmp")
-                .find(|r| target.starts_with(r))
+                .find(|r| target.starts_with(r) && !sys_for_build_process)
             {
                 return Err(SandboxError::InvalidSpec(format!(
                     "bind target {} is under {reserved}, which the sandbox reserves",

@@ -52,8 +52,9 @@ pub trait Sys {
     fn fork(&mut self) -> nix::Result<Forked>;
     /// `open_tree(OPEN_TREE_CLONE)`: a detached copy of the mount at `path`
     /// (which must not be a symlink), to attach later with
-    /// [`Sys::attach_tree`] wherever the caller can no longer see `path`.
-    fn clone_tree(&mut self, path: &Path) -> nix::Result<OwnedFd>;
+    /// [`Sys::attach_tree`] wherever the caller can no longer see `path`;
+    /// `recursive` takes the mounts below it too.
+    fn clone_tree(&mut self, path: &Path, recursive: bool) -> nix::Result<OwnedFd>;
     /// `move_mount`: attaches a tree from [`Sys::clone_tree`] at `target`.
     fn attach_tree(&mut self, tree: &OwnedFd, target: &Path) -> nix::Result<()>;
     /// Drops every capability not in `keep` (a bit mask) from the bounding set.
@@ -196,10 +197,13 @@ impl Sys for RealSys {
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
     }
 
-    fn clone_tree(&mut self, path: &Path) -> nix::Result<OwnedFd> {
+    fn clone_tree(&mut self, path: &Path, recursive: bool) -> nix::Result<OwnedFd> {
         let path = path_cstring(path)?;
-        let flags =
+        let mut flags =
             libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_SYMLINK_NOFOLLOW as u32;
+        if recursive {
+            flags |= libc::AT_RECURSIVE as u32;
+        }
         // SAFETY: open_tree reads the NUL-terminated path and returns a new
         // descriptor or -1; no memory is shared with the kernel afterwards.
         let fd =
@@ -507,8 +511,9 @@ pub mod recording {
             self.record("prctl PR_SET_PDEATHSIG SIGKILL".to_owned())
         }
 
-        fn clone_tree(&mut self, path: &Path) -> nix::Result<OwnedFd> {
-            self.record(format!("open_tree clone {}", path.display()))?;
+        fn clone_tree(&mut self, path: &Path, recursive: bool) -> nix::Result<OwnedFd> {
+            let recursive = if recursive { " recursive" } else { "" };
+            self.record(format!("open_tree clone {}{recursive}", path.display()))?;
             std::fs::File::open("/dev/null")
                 .map(OwnedFd::from)
                 .map_err(|_| Errno::EIO)

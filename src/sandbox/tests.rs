@@ -7,7 +7,7 @@ use expect_test::expect;
 use super::cgroup::Cgroup;
 use super::confine::{Confinement, KEPT_CAPABILITIES, denied_syscall_names};
 use super::error::SandboxError;
-use super::plan::{HostEntry, Mask, Plan, PlannedRoot, plan_host_view};
+use super::plan::{HostEntry, Mask, Plan, PlannedBind, PlannedRoot, plan_host_view};
 use super::setup;
 use super::spec::{Limits, RootFs, SandboxSpec, WorkspaceSpec};
 use super::sys::recording::RecordingSys;
@@ -15,6 +15,7 @@ use super::sys::recording::RecordingSys;
 fn plan(root: PlannedRoot) -> Plan {
     Plan {
         binds: Vec::new(),
+        profile: super::spec::Profile::Job,
         root,
         workspace_path: PathBuf::from("/work"),
         workspace_lower: vec![PathBuf::from("/layers/dep"), PathBuf::from("/layers/base")],
@@ -505,9 +506,9 @@ fn binds_get_mount_points_only_where_writable_and_are_mounted_last() {
     let mut sys = RecordingSys::default();
     let mut plan = host_plan();
     plan.binds = vec![
-        (PathBuf::from("/cache/0"), PathBuf::from("/home/.cargo")),
-        (PathBuf::from("/cache/1"), PathBuf::from("/work/target")),
-        (PathBuf::from("/cache/2"), PathBuf::from("/var/cache/x")),
+        PlannedBind::writable("/cache/0".into(), "/home/.cargo".into()),
+        PlannedBind::writable("/cache/1".into(), "/work/target".into()),
+        PlannedBind::writable("/cache/2".into(), "/var/cache/x".into()),
     ];
     setup::build_root(&mut sys, &plan).unwrap();
     let log = sys.calls.join("\n");
@@ -567,6 +568,7 @@ fn bind_targets_are_checked() {
         spec.binds = vec![super::spec::Bind {
             source: "/c".into(),
             target: bad.into(),
+            read_only: false,
         }];
         assert!(spec.validate().is_err(), "{bad}");
     }

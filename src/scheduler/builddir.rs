@@ -19,6 +19,18 @@ use super::RunError;
 /// Under the store directory.
 pub const SCRATCH_DIR: &str = "scratch";
 
+/// Controller directories: `ctl-<build number>`.
+const CONTROLLER_PREFIX: &str = "ctl-";
+
+/// Where the controller of build `build` keeps its socket and token.
+pub fn controller_dir(store_dir: &Path, build: i64) -> PathBuf {
+    store_dir.join(SCRATCH_DIR).join(controller_dir_name(build))
+}
+
+fn controller_dir_name(build: i64) -> String {
+    format!("{CONTROLLER_PREFIX}{build}")
+}
+
 fn lease_name(dir_name: &str) -> String {
     format!("scratch-{dir_name}")
 }
@@ -41,12 +53,6 @@ impl BuildDir {
     /// Takes a lease and creates a fresh `<store>/scratch/build-*` (0700).
     pub fn create(store_dir: &Path) -> Result<BuildDir, RunError> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let parent = store_dir.join(SCRATCH_DIR);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&parent)
-            .map_err(io(&parent))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -55,9 +61,29 @@ impl BuildDir {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        Self::create_named(store_dir, &name)
+    }
+
+    /// The controller's private directory of build `build`:
+    /// `<store>/scratch/ctl-<build>` (0700), holding its socket and token.
+    pub fn create_controller(store_dir: &Path, build: i64) -> Result<BuildDir, RunError> {
+        let name = controller_dir_name(build);
+        // A directory of that name is a dead controller's (build numbers are
+        // never reused): its lease is free, so the sweep takes it first.
+        sweep_stale(store_dir);
+        Self::create_named(store_dir, &name)
+    }
+
+    fn create_named(store_dir: &Path, name: &str) -> Result<BuildDir, RunError> {
+        let parent = store_dir.join(SCRATCH_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(io(&parent))?;
         // The lease first: a sweeper never sees this directory without it.
-        let lease = Lease::acquire(store_dir, &lease_name(&name))?;
-        let path = parent.join(&name);
+        let lease = Lease::acquire(store_dir, &lease_name(name))?;
+        let path = parent.join(name);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -100,7 +126,7 @@ pub fn sweep_stale(store_dir: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("build-") {
+        if !name.starts_with("build-") && !name.starts_with(CONTROLLER_PREFIX) {
             continue;
         }
         let lease = lease_name(&name);
