@@ -454,3 +454,32 @@ fn the_example_built_in_a_container_is_cached_in_a_child() {
     project.assert_clean();
     probe.assert_clean();
 }
+
+/// `job/end` carries the job script's real exit code (container and host
+/// drivers), and none when the job was killed.
+#[test]
+fn job_end_carries_the_real_exit_code() {
+    let project = Project::new(
+        r#"{
+  stages = [ "one" ];
+  allow_failures = [ "one" ];
+  jobs = {
+    boxed = { stage = "one"; driver = { type = "container"; image = "host"; }; commands = [ "exit 7" ]; };
+    plain = { stage = "one"; driver = { type = "host"; }; commands = [ "exit 9" ]; };
+    fine = { stage = "one"; driver = { type = "container"; image = "host"; }; commands = [ "true" ]; };
+  };
+}"#,
+    );
+    let run = project.run(&[]);
+    let code_of = |job: &str| {
+        run.of_type("job/end")
+            .into_iter()
+            .find(|event| event["job"] == job)
+            .map(|event| event["exit_code"].clone())
+            .unwrap_or_else(|| panic!("no job/end for {job}: {}", run.describe()))
+    };
+    assert_eq!(code_of("boxed"), 7, "{}", run.describe());
+    assert_eq!(code_of("plain"), 9);
+    assert_eq!(code_of("fine"), 0);
+    project.assert_clean();
+}

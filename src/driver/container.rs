@@ -83,6 +83,7 @@ impl ContainerDriver {
             append_log(&log, &format!("kiln: {reason}\n"));
             RunOutcome {
                 end: JobEnd::Failed(reason),
+                exit_code: None,
                 log: log.clone(),
             }
         };
@@ -154,11 +155,18 @@ impl ContainerDriver {
         let stopped = tokio::select! {
             status = child.wait() => {
                 output.finish().await;
-                let end = match status {
-                    Ok(status) => end_of(run.outcome(status), &log),
-                    Err(error) => JobEnd::Failed(format!("waiting for the sandbox: {error}")),
+                let (end, exit_code) = match status {
+                    Ok(status) => {
+                        let outcome = run.outcome(status);
+                        let exit_code = match outcome {
+                            SandboxOutcome::Exited { code } => Some(code),
+                            _ => None,
+                        };
+                        (end_of(outcome, &log), exit_code)
+                    }
+                    Err(error) => (JobEnd::Failed(format!("waiting for the sandbox: {error}")), None),
                 };
-                return RunOutcome { end, log };
+                return RunOutcome { end, exit_code, log };
             }
             () = super::timeout_elapsed(job.timeout) => Stop::TimedOut,
             reason = super::stopped(&mut stop) => reason,
@@ -170,7 +178,11 @@ impl ContainerDriver {
         output.finish().await;
         run.clean_up_after_kill(pid);
         let end = stopped.end_job(&log);
-        RunOutcome { end, log }
+        RunOutcome {
+            end,
+            exit_code: None,
+            log,
+        }
     }
 }
 

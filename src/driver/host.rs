@@ -19,6 +19,7 @@ impl HostDriver {
             append_log(&log, &format!("kiln: {reason}\n"));
             RunOutcome {
                 end: JobEnd::Failed(reason),
+                exit_code: None,
                 log: log.clone(),
             }
         };
@@ -57,6 +58,7 @@ impl HostDriver {
         let stopped = tokio::select! {
             status = child.wait() => {
                 output.finish().await;
+                let exit_code = status.as_ref().ok().and_then(|status| status.code());
                 let end = match status {
                     Ok(status) if status.success() => JobEnd::Passed,
                     Ok(status) => match (status.code(), status.signal()) {
@@ -67,7 +69,7 @@ impl HostDriver {
                     Err(error) => JobEnd::Failed(format!("waiting for the job: {error}")),
                 };
                 kill_group(pid);
-                return RunOutcome { end, log };
+                return RunOutcome { end, exit_code, log };
             }
             () = super::timeout_elapsed(job.timeout) => Stop::TimedOut,
             reason = super::stopped(&mut stop) => reason,
@@ -77,7 +79,11 @@ impl HostDriver {
         let _ = child.wait().await;
         output.finish().await;
         let end = stopped.end_job(&log);
-        RunOutcome { end, log }
+        RunOutcome {
+            end,
+            exit_code: None,
+            log,
+        }
     }
 }
 

@@ -125,6 +125,9 @@ pub enum Workspace {
 #[derive(Clone, Debug)]
 pub struct RunOutcome {
     pub end: JobEnd,
+    /// The job script's exit code, when it exited (not killed, not failed
+    /// to start).
+    pub exit_code: Option<i32>,
     /// The job's combined stdout and stderr.
     pub log: PathBuf,
 }

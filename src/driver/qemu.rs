@@ -139,6 +139,7 @@ impl QemuDriver {
             append_log(&log, &format!("kiln: {reason}\n"));
             RunOutcome {
                 end: JobEnd::Failed(reason),
+                exit_code: None,
                 log: log.clone(),
             }
         };
@@ -163,6 +164,13 @@ impl QemuDriver {
         // The pipe's last write end: the copying thread sees its end.
         drop(console);
         output.finish().await;
+        let exit_code = match &result {
+            Ok(run) => match run.outcome {
+                VmOutcome::Exited { exit_code, .. } => Some(exit_code),
+                _ => None,
+            },
+            Err(_) => None,
+        };
         let end = match result {
             Ok(run) => match run.outcome {
                 VmOutcome::Exited { exit_code: 0, .. } => JobEnd::Passed,
@@ -184,7 +192,11 @@ impl QemuDriver {
             // The runner has written the error into the log already.
             Err(error) => JobEnd::Failed(error.to_string()),
         };
-        RunOutcome { end, log }
+        RunOutcome {
+            end,
+            exit_code,
+            log,
+        }
     }
 
     fn vm_job(&self, job: &JobRun, lower: &[PathBuf]) -> VmJob {

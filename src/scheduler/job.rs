@@ -195,10 +195,17 @@ pub(crate) async fn run_job(
     };
     drop(permit);
 
-    let (end, log_path, workspace, merged) = match outcome {
-        Some((outcome, workspace, merged)) => (outcome.end, outcome.log, Some(workspace), merged),
+    let (end, exit_code, log_path, workspace, merged) = match outcome {
+        Some((outcome, workspace, merged)) => (
+            outcome.end,
+            outcome.exit_code,
+            outcome.log,
+            Some(workspace),
+            merged,
+        ),
         None => (
             JobEnd::Failed("the workspace could not be prepared".into()),
+            None,
             job_dir.join("log"),
             None,
             None,
@@ -344,7 +351,7 @@ pub(crate) async fn run_job(
         stage: stage.clone(),
         status,
         duration_ms: started.elapsed().as_millis() as u64,
-        exit_code: None,
+        exit_code,
         log,
         output_layer: output,
         message,
