@@ -483,3 +483,67 @@ fn job_end_carries_the_real_exit_code() {
     assert_eq!(code_of("fine"), 0);
     project.assert_clean();
 }
+
+/// `kiln log -f` from another terminal follows a running job's output as
+/// it is written, from its first line, and returns when the job ends;
+/// without a job it follows the whole build. Control: without `-f` the
+/// running job has no log yet and the command says how to follow it.
+#[test]
+fn log_follow_prints_a_running_jobs_lines_as_they_come() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "one" "two" ];
+  jobs = {
+    talk = { stage = "one"; commands = [ "for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done" ]; };
+    after = { stage = "two"; commands = [ "echo last" ]; };
+  };
+}"#,
+    );
+    let mut build = Background::start(&project, &[]);
+    build.wait_for("job/start", "talk");
+    let plain = project.kiln().args(["log", "1", "talk"]).output().unwrap();
+    assert!(!plain.status.success());
+    assert!(
+        String::from_utf8_lossy(&plain.stderr).contains("kiln log -f 1 talk"),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let whole = project
+        .kiln()
+        .args(["log", "-f", "last"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = project
+        .kiln()
+        .args(["log", "-f", "1", "talk"])
+        .output()
+        .unwrap();
+    assert!(followed.status.success(), "{followed:?}");
+    let lines: Vec<String> = String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .filter(|line| line.starts_with("line"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
+    let unknown = project
+        .kiln()
+        .args(["log", "-f", "1", "nope"])
+        .output()
+        .unwrap();
+    let build_still_running = alive(build.child.id());
+    let (code, _, stderr) = build.finish();
+    assert_eq!(code, 0, "{stderr}");
+    let whole = whole.wait_with_output().unwrap();
+    let whole = String::from_utf8_lossy(&whole.stdout);
+    assert!(
+        whole.contains("talk | line 5") && whole.contains("after | last"),
+        "{whole}"
+    );
+    if build_still_running {
+        assert!(!unknown.status.success());
+        assert!(String::from_utf8_lossy(&unknown.stderr).contains("no job \"nope\""));
+    }
+    project.assert_clean();
+}

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod build;
+pub mod follow;
 pub mod image;
 pub mod manifest;
 pub mod offline;

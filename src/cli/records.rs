@@ -56,6 +56,10 @@ pub struct LogArgs {
     pub build: BuildSelector,
     /// One job; without it, every job's log in order, each under a header
     pub job: Option<String>,
+    /// Follow a running build: print output as it comes (from the start)
+    /// until the job (or, without JOB, the build) ends
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -381,6 +385,18 @@ pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
     let store = open(dir)?;
     let record = resolve(store.as_ref(), args.build)?;
     let store = store.context("there is no build yet")?;
+    if args.follow && !record.status.is_finished() {
+        if let Some(name) = &args.job
+            && store.build_job(record.id, name)?.is_none()
+            && !crate::cli::follow::followable(dir, record.id.0)
+        {
+            bail!("build {} has no job {name:?}", record.id);
+        }
+        if crate::cli::follow::followable(dir, record.id.0) {
+            crate::cli::follow::follow(dir, record.id.0, args.job.as_deref())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match &args.job {
@@ -402,8 +418,13 @@ pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
                 );
             };
             let Some(log) = job.log else {
+                let hint = if record.status.is_finished() {
+                    String::new()
+                } else {
+                    format!("; follow it with `kiln log -f {} {name}`", record.id)
+                };
                 bail!(
-                    "job {name} of build {} has no recorded log (it is {})",
+                    "job {name} of build {} has no recorded log (it is {}){hint}",
                     record.id,
                     words(&job.status)
                 );

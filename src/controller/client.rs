@@ -200,6 +200,34 @@ impl Connection {
         Ok((status, body))
     }
 
+    /// Sends a GET and hands back the response's status and body as it
+    /// streams (server-sent events).
+    pub async fn open_stream(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, hyper::body::Incoming), ControllerError> {
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(hyper::header::HOST, "kiln-controller")
+            .header(hyper::header::AUTHORIZATION, &self.authorization)
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| ControllerError::Request(error.to_string()))?;
+        self.sender.ready().await.map_err(ControllerError::Http)?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(ControllerError::Http)?;
+        Ok((response.status(), response.into_body()))
+    }
+
     /// A request whose answer must be 2xx; returns the body.
     pub async fn expect_ok(
         &mut self,
