@@ -13,5 +13,6 @@ pub mod repro;
 pub mod resolve;
 pub mod sandbox;
 pub mod scheduler;
+pub mod server;
 pub mod trust;
 pub mod vm;

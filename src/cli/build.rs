@@ -28,7 +28,8 @@ use crate::scheduler::{RunOptions, run_build};
 
 /// Exit code of a build process that could not run its build (the
 /// controller records it as failed).
-pub const EXIT_BUILD_PROCESS: u8 = EXIT_FAILURE;
+const EXIT_BUILD_PROCESS: u8 = EXIT_FAILURE;
+const _: () = assert!(EXIT_BUILD_PROCESS as i32 == crate::controller::EXIT_COULD_NOT_RUN);
 
 pub fn build_main() -> ExitCode {
     // Stop (cleanly: SIGTERM is a kill) when whatever started us dies: the

@@ -18,6 +18,7 @@ pub mod offline;
 pub mod records;
 pub mod repro;
 pub mod run;
+pub mod serve;
 pub mod store;
 pub mod trust;
 
@@ -97,6 +98,11 @@ pub enum Command {
     Diff(repro::DiffArgs),
     /// Print a build's provenance: an in-toto statement with a SLSA v1 predicate
     Provenance(repro::ProvenanceArgs),
+
+    /// Run the build server: a queue, a JSON API, tokens, curation (docs/server.md)
+    Serve(serve::ServeArgs),
+    /// Submit a build to a server and follow it, exiting as `kiln run` would
+    Submit(serve::SubmitArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -189,6 +195,10 @@ pub fn main() -> ExitCode {
         Command::Provenance(args) => {
             store_dir(cli.store.as_ref()).and_then(|dir| repro::provenance(&dir, args))
         }
+        Command::Serve(args) => {
+            store_dir(cli.store.as_ref()).and_then(|dir| serve::serve(&dir, args))
+        }
+        Command::Submit(args) => serve::submit(args),
     };
     match result {
         Ok(code) => code,

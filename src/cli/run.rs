@@ -15,16 +15,15 @@ use kiln_grammar::manifest::Manifest;
 use kiln_store::{B3Digest, BuildStatus, RootKind, Store};
 use tokio::sync::watch;
 
-use crate::cli::build::EXIT_BUILD_PROCESS;
 use crate::cli::manifest::{ManifestInputs, parse_args};
 use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
 use crate::controller::api::manifest_digest;
 use crate::controller::{
-    BuildOptions, BuildParams, BuildPlace, Controller, Feed, GraphView, OutcomeCollector,
-    ProcessEnd,
+    BuildOptions, BuildParams, BuildPlace, Feed, GraphView, Launch, OutcomeCollector, Supervised,
+    run_build_process,
 };
 use crate::driver::{CreateContext, Driver, Stop};
-use crate::events::{Emitter, Event, Route};
+use crate::events::Route;
 use crate::events::{LocalBus, LocalOptions};
 use crate::graph::{BuildGraph, KeyInputs};
 use crate::repro::provenance::{Invocation, ManifestFile};
@@ -258,7 +257,6 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     let collector = OutcomeCollector::default();
     let collected = collector.clone();
     let ran = runtime.block_on(async move {
-        let started = std::time::Instant::now();
         let feed = Feed::new();
         let bus = LocalBus::start_with(
             store_dir,
@@ -279,19 +277,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         let emitter = bus.emitter();
         let (stop_sender, _) = watch::channel(None);
         let signals = watch_signals(stop_sender.clone())?;
-        let ran = supervise_build(store_dir, &params, &launch, &emitter, feed, stop_sender).await;
-        if let Err(error) = &ran {
-            emitter.emit(Event::Warning {
-                job: None,
-                message: format!("the build could not run: {error:#}"),
-            });
-        }
-        if !matches!(ran, Ok(Supervised::Finished)) {
-            emitter.emit(Event::BuildEnd {
-                status: BuildStatus::Failed,
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            });
-        }
+        let ran = run_build_process(store_dir, &params, &launch, &emitter, feed, stop_sender).await;
         signals.abort();
         let finished = bus.finish().await;
         if let Err(error) = finished {
@@ -354,77 +340,6 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
         BuildStatus::TimedOut => EXIT_BUILD_TIMED_OUT,
         _ => EXIT_BUILD_FAILED,
     }))
-}
-
-/// How the build process is started.
-struct Launch {
-    /// The kiln binary.
-    exe: PathBuf,
-    place: BuildPlace,
-    /// The manifest's allowed roots, which a build container must see.
-    roots: Vec<PathBuf>,
-}
-
-/// How the build process ended, as far as `kiln run` is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Supervised {
-    /// It ran the build to its end (whatever the build's status).
-    Finished,
-    /// It could not run the build (it said why; exit 1 like any error).
-    CouldNotRun,
-    /// It died before the build ended (the build is recorded failed).
-    Died,
-}
-
-/// The controller's half of a build: serve the API, start the build
-/// process, wait for it, and clean up after it if it died.
-async fn supervise_build(
-    store_dir: &Path,
-    params: &BuildParams,
-    launch: &Launch,
-    emitter: &Emitter,
-    feed: std::sync::Arc<Feed>,
-    stop: watch::Sender<Option<Stop>>,
-) -> anyhow::Result<Supervised> {
-    let controller = Controller::start(store_dir, params, emitter.clone(), feed, stop).await?;
-    let spawned = match launch.place {
-        BuildPlace::Child => controller.spawn_build_process(&launch.exe),
-        BuildPlace::Container => {
-            controller.spawn_build_container(&launch.exe, store_dir, &launch.roots)
-        }
-    };
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(error) => {
-            controller.close().await;
-            return Err(error.into());
-        }
-    };
-    let pid = child.id();
-    let end = controller.supervise(&mut child).await;
-    let supervised = if controller.build_ended() {
-        Supervised::Finished
-    } else {
-        if end != ProcessEnd::Exited(i32::from(EXIT_BUILD_PROCESS)) {
-            emitter.emit(Event::Warning {
-                job: None,
-                message: format!("{} before the build ended", end.describe()),
-            });
-        }
-        for swept in controller.tear_down_after(pid, store_dir) {
-            emitter.emit(Event::Warning {
-                job: None,
-                message: format!("removed {} left by the build process", swept.display()),
-            });
-        }
-        if end == ProcessEnd::Exited(i32::from(EXIT_BUILD_PROCESS)) {
-            Supervised::CouldNotRun
-        } else {
-            Supervised::Died
-        }
-    };
-    controller.close().await;
-    Ok(supervised)
 }
 
 /// SIGINT and SIGTERM stop the build as Killed.

@@ -30,7 +30,9 @@ pub mod token;
 pub use api::{BuildOptions, BuildParams, GraphView};
 pub use client::{ControllerClient, Endpoint};
 pub use feed::{Feed, Outcome, OutcomeCollector};
-pub use session::{BuildPlace, Controller, ProcessEnd};
+pub use session::{
+    BuildPlace, Controller, EXIT_COULD_NOT_RUN, Launch, ProcessEnd, Supervised, run_build_process,
+};
 
 /// What can go wrong between a controller and its build process.
 #[derive(Debug, thiserror::Error)]

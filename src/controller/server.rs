@@ -121,16 +121,23 @@ async fn subscribe(
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
-/// The envelopes of `feed` after `after`, then each batch as it comes.
-pub fn feed_stream(
-    feed: Arc<Feed>,
-    after: u64,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+/// One item of a feed as it is read.
+#[derive(Clone, Debug)]
+pub enum FeedItem {
+    /// An envelope: its sequence number and JSON.
+    Envelope(u64, Arc<str>),
+    /// Some envelopes before the next were dropped from the feed.
+    Missed,
+}
+
+/// The envelopes of `feed` after `after`, then each batch as it comes,
+/// until the flow finishes.
+pub fn feed_items(feed: Arc<Feed>, after: u64) -> impl Stream<Item = FeedItem> {
     struct Cursor {
         feed: Arc<Feed>,
         after: u64,
         wake: watch::Receiver<u64>,
-        ready: std::collections::VecDeque<SseEvent>,
+        ready: std::collections::VecDeque<FeedItem>,
     }
     let wake = feed.subscribe();
     let cursor = Cursor {
@@ -141,8 +148,8 @@ pub fn feed_stream(
     };
     futures_util::stream::unfold(cursor, |mut cursor| async move {
         loop {
-            if let Some(event) = cursor.ready.pop_front() {
-                return Some((Ok(event), cursor));
+            if let Some(item) = cursor.ready.pop_front() {
+                return Some((item, cursor));
             }
             // Mark the current value seen before reading, so a batch
             // published in between still wakes us.
@@ -150,15 +157,11 @@ pub fn feed_stream(
             match cursor.feed.read_after(cursor.after, 1024) {
                 FeedRead::Entries { entries, missed } => {
                     if missed {
-                        cursor.ready.push_back(
-                            SseEvent::default().comment("some earlier events were dropped"),
-                        );
+                        cursor.ready.push_back(FeedItem::Missed);
                     }
                     for (seq, json) in entries {
                         cursor.after = seq;
-                        cursor
-                            .ready
-                            .push_back(SseEvent::default().id(seq.to_string()).data(&*json));
+                        cursor.ready.push_back(FeedItem::Envelope(seq, json));
                     }
                 }
                 FeedRead::Finished => return None,
@@ -169,6 +172,21 @@ pub fn feed_stream(
                 }
             }
         }
+    })
+}
+
+/// [`feed_items`] as server-sent events: `id:` the sequence number,
+/// `data:` the envelope.
+pub fn feed_stream(
+    feed: Arc<Feed>,
+    after: u64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    use futures_util::StreamExt;
+    feed_items(feed, after).map(|item| {
+        Ok(match item {
+            FeedItem::Envelope(seq, json) => SseEvent::default().id(seq.to_string()).data(&*json),
+            FeedItem::Missed => SseEvent::default().comment("some earlier events were dropped"),
+        })
     })
 }
 

@@ -379,3 +379,108 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.write_all(bytes)
 }
+
+/// How a build process is started.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The kiln binary.
+    pub exe: PathBuf,
+    pub place: BuildPlace,
+    /// The manifest's allowed roots, which a build container must see.
+    pub roots: Vec<PathBuf>,
+}
+
+/// How a build went, as far as its controller is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Supervised {
+    /// The build process ran the build to its end (whatever its status).
+    Finished,
+    /// It could not run the build (it said why on its stderr).
+    CouldNotRun,
+    /// It died before the build ended.
+    Died,
+}
+
+/// Exit code of a build process that could not run its build.
+pub const EXIT_COULD_NOT_RUN: i32 = 1;
+
+/// The controller's half of one build, start to end: serve the API, start
+/// the build process, wait for it, and clean up after it if it died. A
+/// build that did not end (the controller could not start it, it could not
+/// run, it died) gets a `warning` and `build/end` `failed` here, so its
+/// record is never left running.
+pub async fn run_build_process(
+    store_dir: &Path,
+    params: &BuildParams,
+    launch: &Launch,
+    emitter: &Emitter,
+    feed: Arc<Feed>,
+    stop: watch::Sender<Option<Stop>>,
+) -> Result<Supervised, ControllerError> {
+    let started = std::time::Instant::now();
+    let result = supervise_build(store_dir, params, launch, emitter, feed, stop).await;
+    if let Err(error) = &result {
+        emitter.emit(crate::events::Event::Warning {
+            job: None,
+            message: format!("the build could not run: {error}"),
+        });
+    }
+    if !matches!(result, Ok(Supervised::Finished)) {
+        emitter.emit(crate::events::Event::BuildEnd {
+            status: crate::events::BuildStatus::Failed,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+    result
+}
+
+async fn supervise_build(
+    store_dir: &Path,
+    params: &BuildParams,
+    launch: &Launch,
+    emitter: &Emitter,
+    feed: Arc<Feed>,
+    stop: watch::Sender<Option<Stop>>,
+) -> Result<Supervised, ControllerError> {
+    use crate::events::Event;
+    let controller = Controller::start(store_dir, params, emitter.clone(), feed, stop).await?;
+    let spawned = match launch.place {
+        BuildPlace::Child => controller.spawn_build_process(&launch.exe),
+        BuildPlace::Container => {
+            controller.spawn_build_container(&launch.exe, store_dir, &launch.roots)
+        }
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            controller.close().await;
+            return Err(error);
+        }
+    };
+    let pid = child.id();
+    let end = controller.supervise(&mut child).await;
+    let supervised = if controller.build_ended() {
+        Supervised::Finished
+    } else {
+        let could_not_run = end == ProcessEnd::Exited(EXIT_COULD_NOT_RUN);
+        if !could_not_run {
+            emitter.emit(Event::Warning {
+                job: None,
+                message: format!("{} before the build ended", end.describe()),
+            });
+        }
+        for swept in controller.tear_down_after(pid, store_dir) {
+            emitter.emit(Event::Warning {
+                job: None,
+                message: format!("removed {} left by the build process", swept.display()),
+            });
+        }
+        if could_not_run {
+            Supervised::CouldNotRun
+        } else {
+            Supervised::Died
+        }
+    };
+    controller.close().await;
+    Ok(supervised)
+}

@@ -70,12 +70,7 @@ impl LocalBus {
         }
         let (build, lease) = store.create_build_leased(owner)?;
         drop(store);
-        let mut router = Router::new()
-            .handler(BuildStatusHandler::ROUTE, BuildStatusHandler::default())
-            .interceptor(
-                Route::All,
-                Persist::open(store_dir, build)?.with_lease(lease),
-            );
+        let mut router = recording_router(store_dir, build, lease)?;
         let console = match options.console {
             ConsoleMode::Auto if std::io::stderr().is_terminal() => ConsoleMode::Live,
             ConsoleMode::Auto => ConsoleMode::Plain,
@@ -108,6 +103,22 @@ impl LocalBus {
         });
         Ok(bus)
     }
+}
+
+/// The part of every controller's route that records the build: the
+/// build-status handler and the persist interceptor, which holds the
+/// build's lease until the flow finishes.
+pub fn recording_router(
+    store_dir: &Path,
+    build: kiln_store::BuildId,
+    lease: kiln_store::Lease,
+) -> Result<Router, EventError> {
+    Ok(Router::new()
+        .handler(BuildStatusHandler::ROUTE, BuildStatusHandler::default())
+        .interceptor(
+            Route::All,
+            Persist::open(store_dir, build)?.with_lease(lease),
+        ))
 }
 
 pub fn hostname() -> String {

@@ -16,7 +16,7 @@ mod import;
 mod materialise;
 mod name;
 mod oci;
-mod unpack;
+pub(crate) mod unpack;
 
 use std::fmt;
 

@@ -100,6 +100,10 @@ pub enum StoreError {
 
     #[error("{what}: unreadable record: {reason}")]
     CorruptRecord { what: String, reason: String },
+
+    /// A server record (token, submission) that cannot be written as asked.
+    #[error("{what}: {reason}")]
+    Record { what: &'static str, reason: String },
 }
 
 impl StoreError {

@@ -20,6 +20,7 @@ mod records;
 mod restore;
 mod runs;
 mod schema;
+mod server;
 mod sessions;
 mod stats;
 mod store;
@@ -40,6 +41,7 @@ pub use records::{
 pub use restore::{RestoreOptions, RestoreReport};
 pub use runs::{BatchReport, BuildBatch, BuildJob, JobUpdate, KeyHistory, StoredEvent};
 pub use schema::SCHEMA_VERSION;
+pub use server::{Role, Submission, TokenRecord};
 pub use sessions::{
     DEAD_BUILD_REASON, LEASES_DIR, Lease, LeaseState, TempRoots, build_lease_name, lease_is_held,
     lease_state, session_lease_name,

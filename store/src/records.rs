@@ -409,7 +409,7 @@ pub(crate) fn put_job_result_in(conn: &Connection, result: &JobResult) -> Result
     Ok(())
 }
 
-type RawBuild = (
+pub(crate) type RawBuild = (
     i64,
     String,
     String,
@@ -421,9 +421,10 @@ type RawBuild = (
     Option<String>,
 );
 
-const BUILD_COLUMNS: &str = "id, owner, status, started, finished, pinned, manifest, pid, host";
+pub(crate) const BUILD_COLUMNS: &str =
+    "id, owner, status, started, finished, pinned, manifest, pid, host";
 
-fn build_from_row(row: &Row<'_>) -> rusqlite::Result<RawBuild> {
+pub(crate) fn build_from_row(row: &Row<'_>) -> rusqlite::Result<RawBuild> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -437,7 +438,7 @@ fn build_from_row(row: &Row<'_>) -> rusqlite::Result<RawBuild> {
     ))
 }
 
-fn parse_build(raw: RawBuild) -> Result<BuildRecord> {
+pub(crate) fn parse_build(raw: RawBuild) -> Result<BuildRecord> {
     let (id, owner, status, started, finished, pinned, manifest, pid, host) = raw;
     Ok(BuildRecord {
         id: BuildId(id),

@@ -187,7 +187,25 @@ BEGIN
 END;
 "#;
 
-pub const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3)];
+/// Version 4: `kiln serve`'s queue (what each queued build will run) and
+/// its API tokens (hashed), and an index for listing builds by status.
+const V4: &str = r#"
+CREATE TABLE submissions(
+    build INTEGER PRIMARY KEY REFERENCES builds(id),
+    manifest TEXT NOT NULL,
+    args TEXT NOT NULL,
+    submitter TEXT NOT NULL
+);
+CREATE TABLE tokens(
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    created INTEGER NOT NULL
+);
+CREATE INDEX builds_by_status ON builds(status, id);
+"#;
+
+pub const MIGRATIONS: &[M<'static>] = &[M::up(V1), M::up(V2), M::up(V3), M::up(V4)];
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::from_slice(MIGRATIONS)
