@@ -198,7 +198,10 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => {
             store_dir(cli.store.as_ref()).and_then(|dir| serve::serve(&dir, args))
         }
-        Command::Submit(args) => serve::submit(args),
+        Command::Submit(args) => {
+            let store = store_dir(cli.store.as_ref()).ok();
+            serve::submit(store.as_deref(), args)
+        }
     };
     match result {
         Ok(code) => code,

@@ -173,7 +173,7 @@ pub struct SubmitArgs {
 /// Packs the manifest's project (its git repository, else its directory),
 /// uploads it, then follows the build as `kiln run` shows it and exits
 /// with the same code.
-pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
+pub fn submit(store_dir: Option<&Path>, args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let path = crate::cli::run::find_manifest(args.manifest.as_deref())?;
     let options = args.inputs.load_options()?;
     let loaded = kiln_grammar::load::load(&path, &options);
@@ -204,7 +204,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
             )
         })?
         .to_path_buf();
-    let archive = pack(&root).with_context(|| format!("packing {}", root.display()))?;
+    let archive = pack(&root, store_dir).with_context(|| format!("packing {}", root.display()))?;
     eprintln!(
         "kiln submit: uploading {} ({}) to {}",
         root.display(),
@@ -322,11 +322,34 @@ async fn follow_build(client: &ControllerClient, build: i64) -> anyhow::Result<E
     unreachable!("the loop returns")
 }
 
-/// A tar of `root`, paths relative to it, symlinks as links.
-fn pack(root: &Path) -> std::io::Result<Vec<u8>> {
+/// A tar of `root`, paths relative to it, symlinks as links, without the
+/// local store if it lies inside.
+fn pack(root: &Path, store_dir: Option<&Path>) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    let skip = store_dir
+        .and_then(|dir| std::fs::metadata(dir).ok())
+        .map(|meta| (meta.dev(), meta.ino()));
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Deterministic);
-    builder.append_dir_all(".", root)?;
+    let mut stack = vec![PathBuf::new()];
+    while let Some(relative) = stack.pop() {
+        let dir = root.join(&relative);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            let name = relative.join(entry.file_name());
+            if meta.is_dir() {
+                if skip == Some((meta.dev(), meta.ino())) {
+                    continue;
+                }
+                builder.append_dir(&name, entry.path())?;
+                stack.push(name);
+            } else {
+                builder.append_path_with_name(entry.path(), &name)?;
+            }
+        }
+    }
     builder.into_inner()
 }

@@ -252,12 +252,11 @@ async fn build_events(
     let items: Vec<Result<SseEvent, Infallible>> = events
         .into_iter()
         .filter(|event| event.seq > after)
+        // A recorded event's body is its whole envelope.
         .map(|event| {
-            let data = format!(
-                "{{\"seq\":{},\"time_ms\":{},\"build\":{},\"event\":{}}}",
-                event.seq, event.time, event.build.0, event.body
-            );
-            Ok(SseEvent::default().id(event.seq.to_string()).data(data))
+            Ok(SseEvent::default()
+                .id(event.seq.to_string())
+                .data(event.body))
         })
         .collect();
     Ok(Sse::new(futures_util::stream::iter(items)).into_response())

@@ -108,7 +108,11 @@ impl Store {
         let meta = fs::symlink_metadata(path).at(path)?;
         let mut jobs = Vec::new();
         let top = if meta.is_dir() {
-            Some(walk(path, options.layer, &mut jobs)?)
+            // A store never adds itself: a store kept inside a project
+            // (a path source `./.`) would otherwise be read into the
+            // source, differ on every run, and hold sockets.
+            let own = fs::metadata(&self.dir).ok().map(|m| (m.dev(), m.ino()));
+            Some(walk(path, options.layer, own, &mut jobs)?)
         } else if meta.is_file() {
             jobs.push(FileJob {
                 path: path.to_path_buf(),
@@ -566,7 +570,12 @@ fn ingest_streaming(
     })
 }
 
-fn walk(dir: &Path, layer_mode: bool, jobs: &mut Vec<FileJob>) -> Result<PendingDir> {
+fn walk(
+    dir: &Path,
+    layer_mode: bool,
+    skip: Option<(u64, u64)>,
+    jobs: &mut Vec<FileJob>,
+) -> Result<PendingDir> {
     let opaque = layer_mode && layer::is_opaque(dir)?;
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
@@ -591,7 +600,10 @@ fn walk(dir: &Path, layer_mode: bool, jobs: &mut Vec<FileJob>) -> Result<Pending
                 executable: meta.permissions().mode() & 0o111 != 0,
             }
         } else if file_type.is_dir() {
-            Pending::Dir(walk(&path, layer_mode, jobs)?)
+            if skip == Some((meta.dev(), meta.ino())) {
+                continue;
+            }
+            Pending::Dir(walk(&path, layer_mode, skip, jobs)?)
         } else if file_type.is_symlink() {
             let target = fs::read_link(&path).at(&path)?;
             Pending::Symlink(target.as_os_str().as_bytes().to_vec())

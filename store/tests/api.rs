@@ -892,3 +892,20 @@ fn small_chunks_live_in_the_index_and_are_checked_there() {
     );
     assert!(f.store.blob_bytes(&object.digest).is_err());
 }
+
+/// A store kept inside the directory it adds (a project whose store is in
+/// it) skips itself: the object is the directory without the store, the
+/// same as the directory alone. Control: a sibling directory is added.
+#[test]
+fn a_store_never_adds_itself() {
+    let project = tempfile::tempdir().unwrap();
+    write(&project.path().join("src/main.c"), b"int main;");
+    write(&project.path().join("sibling/file"), b"kept");
+    let mut store = Store::open(project.path().join("store")).unwrap();
+    let with_store = add(&mut store, project.path(), RootKind::Source, "with");
+    let alone = tempfile::tempdir().unwrap();
+    write(&alone.path().join("src/main.c"), b"int main;");
+    write(&alone.path().join("sibling/file"), b"kept");
+    let without = add(&mut store, alone.path(), RootKind::Source, "without");
+    assert_eq!(with_store.digest, without.digest);
+}
