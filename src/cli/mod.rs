@@ -15,6 +15,7 @@ pub mod follow;
 pub mod image;
 pub mod manifest;
 pub mod offline;
+pub mod plan;
 pub mod records;
 pub mod repro;
 pub mod run;
@@ -57,9 +58,9 @@ pub enum Command {
     /// Run a build: jobs in containers, outputs in the store, unchanged jobs from cache
     Run(run::RunArgs),
     /// Show each job of a build with its key and whether it would run or be cached
-    Plan(run::PlanArgs),
+    Plan(plan::PlanArgs),
     /// Say which key component of a job changed since its last run
-    Explain(run::ExplainArgs),
+    Explain(plan::ExplainArgs),
     /// Stop a running build (Killed)
     Kill(run::KillArgs),
     /// Build caches saved by jobs (`caches = [ { key; paths; } ]`)
@@ -145,9 +146,9 @@ pub fn main() -> ExitCode {
             store_dir(cli.store.as_ref()).and_then(|dir| store::run(&dir, command))
         }
         Command::Run(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::run(&dir, args)),
-        Command::Plan(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::plan(&dir, args)),
+        Command::Plan(args) => store_dir(cli.store.as_ref()).and_then(|dir| plan::plan(&dir, args)),
         Command::Explain(args) => {
-            store_dir(cli.store.as_ref()).and_then(|dir| run::explain(&dir, args))
+            store_dir(cli.store.as_ref()).and_then(|dir| plan::explain(&dir, args))
         }
         Command::Kill(args) => store_dir(cli.store.as_ref()).and_then(|dir| run::kill(&dir, args)),
         Command::Cache(command) => {

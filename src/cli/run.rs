@@ -1,10 +1,10 @@
-//! `kiln run`, `kiln plan`, `kiln explain`, `kiln kill`, `kiln cache ls|rm`.
+//! `kiln run`, `kiln kill`, `kiln cache ls|rm` (`plan` and `explain` live in
+//! plan.rs).
 //!
 //! Exit codes of `kiln run` (docs/cli.md): 0 Passed or Passed With
 //! Failures, 2 invalid manifest, 3 Failed, 4 Killed, 5 Timed Out, 1 any
 //! other error (the build could not be started).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use kiln_grammar::load::{self, LoadError};
 use kiln_grammar::manifest::Manifest;
-use kiln_store::{B3Digest, BuildStatus, RootKind, Store};
+use kiln_store::{BuildStatus, RootKind, Store};
 use tokio::sync::watch;
 
 use crate::cli::manifest::{ManifestInputs, parse_args};
@@ -22,13 +22,12 @@ use crate::controller::{
     BuildOptions, BuildParams, BuildPlace, Feed, GraphView, Launch, OutcomeCollector, Supervised,
     run_build_process,
 };
-use crate::driver::{CreateContext, Driver, Stop};
+use crate::driver::Stop;
 use crate::events::Route;
 use crate::events::{LocalBus, LocalOptions};
-use crate::graph::{BuildGraph, KeyInputs};
+use crate::graph::BuildGraph;
 use crate::repro::provenance::{Invocation, ManifestFile};
 use crate::repro::{CheckOutcome, EXIT_NOT_REPRODUCIBLE};
-use crate::scheduler::prepare::{DriverSet, StoreCtx};
 
 pub const EXIT_BUILD_FAILED: u8 = 3;
 pub const EXIT_BUILD_KILLED: u8 = 4;
@@ -70,27 +69,6 @@ pub struct RunArgs {
     /// kiln container on the host image with the store mounted
     #[arg(long = "in", value_name = "PLACE", value_enum, default_value_t = BuildPlace::Child)]
     pub place: BuildPlace,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct PlanArgs {
-    #[arg(value_name = "MANIFEST")]
-    pub manifest: Option<PathBuf>,
-    #[command(flatten)]
-    pub inputs: crate::cli::manifest::ManifestInputs,
-    /// Print the plan as JSON
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ExplainArgs {
-    /// The job to explain
-    pub job: String,
-    #[arg(value_name = "MANIFEST")]
-    pub manifest: Option<PathBuf>,
-    #[command(flatten)]
-    pub inputs: crate::cli::manifest::ManifestInputs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,7 +121,7 @@ pub fn find_manifest(given: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Loads and compiles; `Err(code)` when the manifest is invalid (its
 /// diagnostics are printed).
-fn load_manifest(
+pub(crate) fn load_manifest(
     path: &Path,
     inputs: &ManifestInputs,
 ) -> anyhow::Result<Result<(Manifest, BuildGraph), ExitCode>> {
@@ -185,7 +163,7 @@ fn owner_of(manifest: &Manifest) -> String {
 
 /// How builds name their manifest (the key of `kiln explain`'s history):
 /// its absolute path.
-fn manifest_key(path: &Path) -> PathBuf {
+pub(crate) fn manifest_key(path: &Path) -> PathBuf {
     std::fs::canonicalize(path)
         .or_else(|_| std::path::absolute(path))
         .unwrap_or_else(|_| path.to_path_buf())
@@ -363,247 +341,6 @@ pub(crate) fn watch_signals(
             }
         });
     }))
-}
-
-/// One job of a plan.
-#[derive(Debug, serde::Serialize)]
-struct PlannedJob {
-    job: String,
-    stage: String,
-    needs: Vec<String>,
-    /// `None` while an upstream job will run (its output decides the key).
-    key: Option<B3Digest>,
-    /// `cached`, `run` (no result for the key), `run-uncacheable` (host
-    /// driver or network), `run-after-upstream` (key unknown yet).
-    status: &'static str,
-    #[serde(skip)]
-    inputs: Option<KeyInputs>,
-    /// The key inputs with [`UNKNOWN_OUTPUT`] for upstream jobs that will run.
-    #[serde(skip)]
-    partial: Option<KeyInputs>,
-}
-
-/// Stands for the output of an upstream job that has not run yet.
-const UNKNOWN_OUTPUT: B3Digest = B3Digest::from_array([0; 32]);
-
-/// Resolves the manifest against the store like `run` does (without running
-/// anything) and works out each job's key where it can be known.
-fn plan_jobs(
-    store_dir: &Path,
-    manifest: &Manifest,
-    graph: &BuildGraph,
-) -> anyhow::Result<Vec<PlannedJob>> {
-    let temp = tempfile::tempdir().context("creating a temporary directory")?;
-    let mut ctx = StoreCtx::open(store_dir, temp.path())?;
-    let set = DriverSet::of(graph);
-    let context = CreateContext {
-        store_dir: store_dir.to_path_buf(),
-        hidden: vec![store_dir.to_path_buf()],
-        helper: std::env::current_exe().context("locating the kiln binary")?,
-    };
-    let drivers: Vec<Driver> = set
-        .specs
-        .iter()
-        .map(|spec| Driver::create(spec, &context))
-        .collect::<Result<_, _>>()?;
-    let workspace = drivers
-        .first()
-        .and_then(|d| d.workspace_path().map(str::to_owned));
-    let mut objects = Vec::new();
-    for (object, placed) in manifest
-        .objects
-        .iter()
-        .zip(ctx.place_objects(manifest, workspace.as_deref()))
-    {
-        match placed {
-            Ok(placed) => objects.push(placed),
-            Err(error) => eprintln!("warning: object {} not placed: {error}", object.dst),
-        }
-    }
-    let sources = ctx
-        .resolve_sources(manifest)
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    let base = ctx.compose_base(&sources, &objects)?;
-    let mut outputs: Vec<Option<B3Digest>> = vec![None; graph.jobs.len()];
-    let mut planned = Vec::with_capacity(graph.jobs.len());
-    for (index, node) in graph.jobs.iter().enumerate() {
-        let driver = &drivers[set.of_job[index]];
-        let inputs = ctx.key_inputs(graph, index, driver, &base, &outputs)?;
-        // With an upstream still to run, everything but that upstream's
-        // output is known: `explain` compares that much.
-        let partial = match &inputs {
-            Some(_) => None,
-            None => {
-                let filled: Vec<Option<B3Digest>> = outputs
-                    .iter()
-                    .map(|output| Some(output.unwrap_or(UNKNOWN_OUTPUT)))
-                    .collect();
-                ctx.key_inputs(graph, index, driver, &base, &filled)?
-            }
-        };
-        let cacheable = driver.cacheable() && !node.job.network;
-        let key = inputs.as_ref().map(KeyInputs::key);
-        let status = match key {
-            None => "run-after-upstream",
-            Some(_) if !cacheable => "run-uncacheable",
-            Some(key) => match ctx.store.lookup_job_result(&key)? {
-                Some(result) if result.status == kiln_store::JOB_PASSED => {
-                    outputs[index] = Some(result.output_layer);
-                    "cached"
-                }
-                _ => "run",
-            },
-        };
-        planned.push(PlannedJob {
-            job: node.job.name.clone(),
-            stage: node.job.stage.clone(),
-            needs: node
-                .needs
-                .iter()
-                .map(|&n| graph.jobs[n].job.name.clone())
-                .collect(),
-            key: key.filter(|_| cacheable),
-            status,
-            inputs,
-            partial,
-        });
-    }
-    Ok(planned)
-}
-
-pub fn plan(store_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let path = find_manifest(args.manifest.as_deref())?;
-    let (manifest, graph) = match load_manifest(&path, &args.inputs)? {
-        Ok(loaded) => loaded,
-        Err(code) => return Ok(code),
-    };
-    let planned = plan_jobs(store_dir, &manifest, &graph)?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &planned).context("writing the plan")?;
-        writeln!(out)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let width = planned
-        .iter()
-        .map(|p| p.job.len())
-        .max()
-        .unwrap_or(3)
-        .max(3);
-    let stage_width = planned
-        .iter()
-        .map(|p| p.stage.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    writeln!(
-        out,
-        "{:width$}  {:stage_width$}  {:18}  {:16}  NEEDS",
-        "JOB", "STAGE", "STATUS", "KEY"
-    )?;
-    for job in &planned {
-        let key = job
-            .key
-            .map(|k| k.to_string().chars().take(16).collect::<String>())
-            .unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{:width$}  {:stage_width$}  {:18}  {:16}  {}",
-            job.job,
-            job.stage,
-            job.status,
-            key,
-            job.needs.join(" ")
-        )?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn explain(store_dir: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let path = find_manifest(args.manifest.as_deref())?;
-    let (manifest, graph) = match load_manifest(&path, &args.inputs)? {
-        Ok(loaded) => loaded,
-        Err(code) => return Ok(code),
-    };
-    let Some(index) = graph.index_of(&args.job) else {
-        bail!("no job {:?} in {}", args.job, path.display());
-    };
-    let planned = plan_jobs(store_dir, &manifest, &graph)?;
-    let store = Store::open(store_dir)?;
-    let manifest_name = manifest_key(&path).display().to_string();
-    let mut previous: BTreeMap<String, KeyInputs> = BTreeMap::new();
-    for node in &graph.jobs {
-        let recorded = store.last_key_inputs(&manifest_name, &node.job.name)?;
-        if let Some(inputs) = recorded.and_then(|r| serde_json::from_value(r.inputs).ok()) {
-            previous.insert(node.job.name.clone(), inputs);
-        }
-    }
-    let job = &planned[index];
-    let mut out = std::io::stdout().lock();
-    let Some(last) = previous.get(&args.job) else {
-        writeln!(
-            out,
-            "{}: no recorded run of this job; it will run ({})",
-            args.job, job.status
-        )?;
-        return Ok(ExitCode::SUCCESS);
-    };
-    match &job.inputs {
-        Some(inputs) => {
-            let changes = inputs.changes_since(last);
-            if changes.is_empty() {
-                writeln!(
-                    out,
-                    "{}: nothing changed since its last run (key {}); {}",
-                    args.job,
-                    inputs.key(),
-                    job.status
-                )?;
-            } else {
-                writeln!(out, "{}: {} since its last run:", args.job, job.status)?;
-                for change in changes {
-                    writeln!(out, "  - {change}")?;
-                }
-            }
-        }
-        None => {
-            let pending: Vec<&str> = graph.jobs[index]
-                .upstream
-                .iter()
-                .filter(|&&u| planned[u].status != "cached")
-                .map(|&u| planned[u].job.as_str())
-                .collect();
-            writeln!(
-                out,
-                "{}: will run: its key depends on the output of upstream jobs that run first: {}",
-                args.job,
-                pending.join(", ")
-            )?;
-            let unknown = UNKNOWN_OUTPUT.to_string();
-            if let Some(partial) = &job.partial {
-                for change in partial.changes_since(last) {
-                    if !change.ends_with(&unknown) {
-                        writeln!(out, "  - {change}")?;
-                    }
-                }
-            }
-            for &upstream in &graph.jobs[index].upstream {
-                let now = planned[upstream]
-                    .inputs
-                    .as_ref()
-                    .or(planned[upstream].partial.as_ref());
-                if let (Some(now), Some(before)) = (now, previous.get(&planned[upstream].job)) {
-                    for change in now.changes_since(before) {
-                        if !change.ends_with(&unknown) {
-                            writeln!(out, "  - upstream {}: {change}", planned[upstream].job)?;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 pub fn kill(store_dir: &Path, args: KillArgs) -> anyhow::Result<ExitCode> {

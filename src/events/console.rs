@@ -2,7 +2,7 @@
 //! a terminal; on a terminal a live view (one line per running job with its
 //! elapsed time) and a summary table at the end.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::time::Duration;
 
@@ -22,11 +22,16 @@ pub struct PlainConsole<W: Write + Send> {
     out: W,
     /// Hide `job/output` lines.
     quiet: bool,
+    tails: OutputTails,
 }
 
 impl<W: Write + Send> PlainConsole<W> {
     pub fn new(out: W, quiet: bool) -> Self {
-        Self { out, quiet }
+        Self {
+            out,
+            quiet,
+            tails: OutputTails::default(),
+        }
     }
 
     pub fn into_inner(self) -> W {
@@ -40,10 +45,15 @@ impl<W: Write + Send> Interceptor for PlainConsole<W> {
     }
 
     fn intercept(&mut self, envelope: &Envelope) -> Result<(), EventError> {
+        let tail = self.tails.record(envelope);
         let Some(line) = plain_line(&envelope.event, self.quiet) else {
             return Ok(());
         };
-        writeln!(self.out, "[build {}] {line}", envelope.build).map_err(output_error)
+        writeln!(self.out, "[build {}] {line}", envelope.build).map_err(output_error)?;
+        if let Some(tail) = tail {
+            self.out.write_all(tail.as_bytes()).map_err(output_error)?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), EventError> {
@@ -127,6 +137,94 @@ fn check_lines(
         }
     }
     text
+}
+
+/// How many of a failed job's last output lines the console repeats.
+pub const TAIL_LINES: usize = 20;
+/// A kept line is cut to this many bytes: the tail of a job that prints
+/// megabyte lines still costs little.
+const TAIL_LINE_BYTES: usize = 1024;
+
+/// The last [`TAIL_LINES`] output lines of each running job, so that a
+/// failure can show what the job printed last (as cargo and `nix build`
+/// do) without the console holding whole logs.
+#[derive(Debug, Default)]
+pub struct OutputTails {
+    running: HashMap<String, Tail>,
+}
+
+#[derive(Debug, Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    total: u64,
+}
+
+impl OutputTails {
+    /// Keeps `job/output` lines; on a failed or timed out `job/end`, the
+    /// block to print under the failure line (its last lines and how to
+    /// see all of them).
+    pub fn record(&mut self, envelope: &Envelope) -> Option<String> {
+        match &envelope.event {
+            Event::JobOutput { job, line } => {
+                let tail = self.running.entry(job.clone()).or_default();
+                if tail.lines.len() == TAIL_LINES {
+                    tail.lines.pop_front();
+                }
+                tail.lines.push_back(cut_line(line));
+                tail.total += 1;
+                None
+            }
+            Event::JobEnd {
+                job, status, log, ..
+            } => {
+                let tail = self.running.remove(job).unwrap_or_default();
+                matches!(status, JobStatus::Failed | JobStatus::TimedOut)
+                    .then(|| tail.render(envelope.build, job, log.is_some()))
+                    .flatten()
+            }
+            Event::JobSkipped { job, .. } | Event::JobCached { job, .. } => {
+                self.running.remove(job);
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Tail {
+    fn render(&self, build: i64, job: &str, has_log: bool) -> Option<String> {
+        if self.lines.is_empty() && !has_log {
+            return None;
+        }
+        let mut text = String::new();
+        if !self.lines.is_empty() {
+            let shown = self.lines.len();
+            if self.total > shown as u64 {
+                text.push_str(&format!(
+                    "  last {shown} of {} lines of {job}'s output:\n",
+                    self.total
+                ));
+            } else {
+                text.push_str(&format!("  output of {job}:\n"));
+            }
+            for line in &self.lines {
+                text.push_str(&format!("  | {line}\n"));
+            }
+        }
+        text.push_str(&format!("  see all of it: kiln log {build} {job}\n"));
+        Some(text)
+    }
+}
+
+fn cut_line(line: &str) -> String {
+    if line.len() <= TAIL_LINE_BYTES {
+        return line.to_owned();
+    }
+    let mut end = TAIL_LINE_BYTES;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
 }
 
 /// `850ms`, `1.2s`, `2m03s`.
@@ -281,6 +379,7 @@ pub struct LiveConsole {
     overall: Option<ProgressBar>,
     running: HashMap<String, ProgressBar>,
     table: JobTable,
+    tails: OutputTails,
     build: i64,
     quiet: bool,
     done: u64,
@@ -293,6 +392,7 @@ impl LiveConsole {
             overall: None,
             running: HashMap::new(),
             table: JobTable::default(),
+            tails: OutputTails::default(),
             build: 0,
             quiet,
             done: 0,
@@ -323,6 +423,7 @@ impl Interceptor for LiveConsole {
     fn intercept(&mut self, envelope: &Envelope) -> Result<(), EventError> {
         self.build = envelope.build;
         self.table.record(envelope);
+        let tail = self.tails.record(envelope);
         match &envelope.event {
             Event::BuildStart { jobs, .. } if self.overall.is_some() => {
                 if let Some(overall) = &self.overall {
@@ -375,6 +476,10 @@ impl Interceptor for LiveConsole {
                         line.push_str(": ");
                         line.push_str(message);
                     }
+                    if let Some(tail) = tail {
+                        line.push('\n');
+                        line.push_str(tail.trim_end());
+                    }
                     self.println(&line)?;
                 }
             }
@@ -415,6 +520,41 @@ mod tests {
             build: 5,
             event,
         }
+    }
+
+    #[test]
+    fn a_failure_repeats_only_the_last_lines_each_cut_short() {
+        let mut tails = OutputTails::default();
+        for n in 0..100 {
+            let line = if n == 99 {
+                "é".repeat(2000)
+            } else {
+                format!("line {n}")
+            };
+            let output = Event::JobOutput {
+                job: "cc".into(),
+                line,
+            };
+            assert_eq!(tails.record(&envelope(n, output)), None);
+        }
+        assert_eq!(tails.running["cc"].lines.len(), TAIL_LINES);
+        let end = Event::JobEnd {
+            job: "cc".into(),
+            stage: "build".into(),
+            status: JobStatus::Failed,
+            duration_ms: 1,
+            exit_code: Some(1),
+            log: None,
+            output_layer: None,
+            message: None,
+        };
+        let text = tails.record(&envelope(100, end)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "  last 20 of 100 lines of cc's output:");
+        assert_eq!(lines[1], "  | line 80");
+        assert!(lines[20].len() <= TAIL_LINE_BYTES + "  | …".len());
+        assert_eq!(lines[21], "  see all of it: kiln log 5 cc");
+        assert!(tails.running.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use kiln_store::{B3Digest, JobArtifact, JobResult};
 
+use super::prepare::CacheLookup;
 use super::{JobDone, RunError, Shared, caches};
 use crate::driver::{Driver, JobEnd, JobRun, LineSink, Workspace};
 use crate::events::{Event, JobStatus};
@@ -44,46 +45,48 @@ pub(crate) async fn run_job(
         })
         .await?;
     let key = inputs.key();
-    let cacheable = driver.cacheable() && !node.job.network;
+    let cacheable = super::prepare::cacheable(&driver, &node.job);
     let inputs_json = serde_json::to_value(&inputs).ok();
 
     // `--check` looks the result up too, but only to compare with it.
     let checking = shared.options.check;
     let mut recorded: Option<JobResult> = None;
     if cacheable && (checking || !shared.options.no_cache) {
+        let lookup_driver = driver.clone();
         let found = shared
-            .blocking(move |ctx, _| {
-                // Held in the lookup's own transaction: curation running
-                // now cannot sweep the layer dependents will restore.
-                Ok(ctx.store.lookup_job_result_held(&key, &ctx.roots)?)
+            .blocking(move |ctx, shared| {
+                ctx.lookup_cached(&shared.graph.jobs[index].job, &lookup_driver, &key)
             })
             .await?;
-        if checking {
-            // An untrusted result (from a bundle) is compared with, too.
-            recorded = found.filter(|result| {
-                [PASSED, kiln_store::JOB_UNTRUSTED].contains(&result.status.as_str())
-            });
-        } else if let Some(result) = found.filter(|result| result.status == PASSED) {
-            emitter.emit(Event::JobCached {
-                job: name.clone(),
-                stage: stage.clone(),
-                key,
-                key_inputs: inputs_json,
-                output_layer: result.output_layer,
-                log: result.log,
-            });
-            for artifact in result.artifacts {
-                emitter.emit(Event::ArtifactSaved {
+        match found {
+            CacheLookup::Hit(result) if checking => recorded = Some(result),
+            CacheLookup::Hit(result) => {
+                emitter.emit(Event::JobCached {
                     job: name.clone(),
-                    name: artifact.name,
-                    object: artifact.object,
-                    size: artifact.size,
+                    stage: stage.clone(),
+                    key,
+                    key_inputs: inputs_json,
+                    output_layer: result.output_layer,
+                    log: result.log,
+                });
+                for artifact in result.artifacts {
+                    emitter.emit(Event::ArtifactSaved {
+                        job: name.clone(),
+                        name: artifact.name,
+                        object: artifact.object,
+                        size: artifact.size,
+                    });
+                }
+                return Ok(JobDone {
+                    status: JobStatus::Cached,
+                    output: Some(result.output_layer),
                 });
             }
-            return Ok(JobDone {
-                status: JobStatus::Cached,
-                output: Some(result.output_layer),
-            });
+            // An untrusted result (from a bundle) is compared with, too.
+            CacheLookup::Miss { recorded: found } if checking => {
+                recorded = found.filter(|result| result.status == kiln_store::JOB_UNTRUSTED);
+            }
+            CacheLookup::Miss { .. } | CacheLookup::Uncacheable => {}
         }
     }
 

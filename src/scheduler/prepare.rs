@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use kiln_grammar::manifest::{Driver as DriverSpec, Manifest};
-use kiln_store::{B3Digest, Store, TempRoots};
+use kiln_store::{B3Digest, JobResult, Store, TempRoots};
 
 use super::RunError;
 use crate::driver::{CreateContext, Driver, hermetic_env};
@@ -204,6 +204,45 @@ impl StoreCtx {
                 .map(|artifact| format!("{} => {}", artifact.src, artifact.name))
                 .collect(),
         }))
+    }
+}
+
+/// What the cache holds for a job's key: the one "is it cached?" rule that
+/// `kiln run` (the scheduler), `kiln plan` and `kiln explain` share.
+#[derive(Debug)]
+pub enum CacheLookup {
+    /// The job is never served from the cache: the host driver, or
+    /// `network = true`.
+    Uncacheable,
+    /// A passed, trusted result for the key: the job is cached.
+    Hit(JobResult),
+    /// Nothing the cache serves; `recorded` is a result it does not serve
+    /// (untrusted, from a bundle), which `--check` still compares with.
+    Miss { recorded: Option<JobResult> },
+}
+
+/// Whether a job's result may ever come from the cache.
+pub fn cacheable(driver: &Driver, job: &kiln_grammar::manifest::Job) -> bool {
+    driver.cacheable() && !job.network
+}
+
+impl StoreCtx {
+    /// Looks `key` up for `job` on `driver`. A result found is held by this
+    /// context's temporary roots in the lookup's own transaction, so
+    /// curation running meanwhile cannot sweep the layer a hit restores.
+    pub fn lookup_cached(
+        &mut self,
+        job: &kiln_grammar::manifest::Job,
+        driver: &Driver,
+        key: &B3Digest,
+    ) -> Result<CacheLookup, RunError> {
+        if !cacheable(driver, job) {
+            return Ok(CacheLookup::Uncacheable);
+        }
+        Ok(match self.store.lookup_job_result_held(key, &self.roots)? {
+            Some(result) if result.status == kiln_store::JOB_PASSED => CacheLookup::Hit(result),
+            recorded => CacheLookup::Miss { recorded },
+        })
     }
 }
 
