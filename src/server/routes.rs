@@ -171,6 +171,7 @@ async fn show_build(
             if let Some(submission) = store.submission(id)? {
                 value["submitter"] = json!(submission.submitter);
                 value["args"] = json!(submission.args);
+                value["queued"] = json!(submission.queued);
             }
             value["running_here"] = json!(running.feed(id).is_some());
             value["jobs"] = store

@@ -194,7 +194,8 @@ CREATE TABLE submissions(
     build INTEGER PRIMARY KEY REFERENCES builds(id),
     manifest TEXT NOT NULL,
     args TEXT NOT NULL,
-    submitter TEXT NOT NULL
+    submitter TEXT NOT NULL,
+    queued INTEGER NOT NULL
 );
 CREATE TABLE tokens(
     name TEXT PRIMARY KEY,

@@ -20,6 +20,9 @@ pub struct Submission {
     pub args: Vec<String>,
     /// The name of the token that submitted it.
     pub submitter: String,
+    /// When it was queued (unix milliseconds); `builds.started` is when it
+    /// started running.
+    pub queued: i64,
 }
 
 /// What a token may do; each role includes the ones before it.
@@ -80,15 +83,16 @@ impl Store {
             what: "submission",
             reason: error.to_string(),
         })?;
+        let now = now_millis();
         let tx = self.write_tx()?;
         tx.execute(
             "INSERT INTO builds(owner, status, started, pinned, manifest) VALUES (?1, ?2, ?3, 0, ?4)",
-            params![owner, BuildStatus::Queued.as_str(), now_millis(), manifest],
+            params![owner, BuildStatus::Queued.as_str(), now, manifest],
         )?;
         let id = tx.last_insert_rowid();
         tx.execute(
-            "INSERT INTO submissions(build, manifest, args, submitter) VALUES (?1, ?2, ?3, ?4)",
-            params![id, manifest, args, submitter],
+            "INSERT INTO submissions(build, manifest, args, submitter, queued) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, manifest, args, submitter, now],
         )?;
         tx.commit()?;
         Ok(BuildId(id))
@@ -97,7 +101,7 @@ impl Store {
     /// The queued builds, oldest first.
     pub fn queued_builds(&self) -> Result<Vec<Submission>> {
         let mut stmt = self.conn.prepare(
-            "SELECT s.build, s.manifest, s.args, s.submitter FROM submissions s \
+            "SELECT s.build, s.manifest, s.args, s.submitter, s.queued FROM submissions s \
              JOIN builds b ON b.id = s.build WHERE b.status = ?1 ORDER BY s.build",
         )?;
         let rows = stmt.query_map([BuildStatus::Queued.as_str()], submission_from_row)?;
@@ -108,7 +112,7 @@ impl Store {
         let raw = self
             .conn
             .query_row(
-                "SELECT build, manifest, args, submitter FROM submissions WHERE build = ?1",
+                "SELECT build, manifest, args, submitter, queued FROM submissions WHERE build = ?1",
                 [build.0],
                 submission_from_row,
             )
@@ -287,14 +291,20 @@ impl Store {
     }
 }
 
-type RawSubmission = (i64, String, String, String);
+type RawSubmission = (i64, String, String, String, i64);
 
 fn submission_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawSubmission> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
 }
 
 fn parse_submission(raw: RawSubmission) -> Result<Submission> {
-    let (build, manifest, args, submitter) = raw;
+    let (build, manifest, args, submitter, queued) = raw;
     Ok(Submission {
         build: BuildId(build),
         manifest,
@@ -303,6 +313,7 @@ fn parse_submission(raw: RawSubmission) -> Result<Submission> {
             reason: error.to_string(),
         })?,
         submitter,
+        queued,
     })
 }
 
