@@ -11,23 +11,58 @@ use super::prepare::CacheLookup;
 use super::{JobDone, RunError, Shared, caches};
 use crate::driver::{Driver, JobEnd, JobRun, LineSink, Workspace};
 use crate::events::{Event, JobStatus};
+use crate::graph::KeyInputs;
 use crate::layers::{self};
 use crate::repro::{CheckOutcome, Comparison};
 
 use kiln_store::JOB_PASSED as PASSED;
 
+/// One job, as five typed phases: [`key`] → [`lookup`] → [`run`] →
+/// [`capture`] → [`report`]. Each takes what the one before produced; only
+/// `report` and the cache-hit path emit the job's terminal event.
 pub(crate) async fn run_job(
     shared: &Arc<Shared>,
     index: usize,
     outputs: Vec<Option<B3Digest>>,
 ) -> Result<JobDone, RunError> {
-    let node = &shared.graph.jobs[index];
-    let (name, stage) = (node.job.name.clone(), node.job.stage.clone());
     let driver = shared.drivers[shared.of_job[index]].clone();
-    let emitter = &shared.emitter;
+    let keyed = key(shared, index, &driver, outputs).await?;
+    let recorded = match lookup(shared, index, &driver, &keyed).await? {
+        Lookup::Cached(result) => return Ok(report_cached(shared, index, &keyed, result)),
+        Lookup::Run { recorded } => recorded,
+    };
+    let ran = match run(shared, index, &driver, &keyed).await {
+        Some(ran) => ran,
+        None => return Ok(report_skipped(shared, index)),
+    };
+    let started = ran.started;
+    let exit_code = ran.exit_code;
+    let captured = capture(shared, index, &keyed, ran, recorded.clone()).await;
+    Ok(report(
+        shared, index, &keyed, started, exit_code, captured, recorded,
+    ))
+}
 
-    // The key: an upstream without an output (it failed before producing
-    // one, in a stage allowed to fail) counts as an empty layer.
+/// Phase 1: the job's key, with every upstream output known.
+struct Keyed {
+    inputs: KeyInputs,
+    key: B3Digest,
+    /// The key inputs as recorded in `job/start` and `job/cached`.
+    inputs_json: Option<serde_json::Value>,
+    /// Upstream outputs, an empty layer for an upstream without one.
+    outputs: Vec<Option<B3Digest>>,
+    cacheable: bool,
+}
+
+/// An upstream without an output (it failed before producing one, in a
+/// stage allowed to fail) counts as an empty layer.
+async fn key(
+    shared: &Arc<Shared>,
+    index: usize,
+    driver: &Driver,
+    outputs: Vec<Option<B3Digest>>,
+) -> Result<Keyed, RunError> {
+    let node = &shared.graph.jobs[index];
     let upstream = node.upstream.clone();
     let key_driver = driver.clone();
     let (inputs, outputs) = shared
@@ -44,80 +79,134 @@ pub(crate) async fn run_job(
             Ok((inputs, outputs))
         })
         .await?;
-    let key = inputs.key();
-    let cacheable = super::prepare::cacheable(&driver, &node.job);
-    let inputs_json = serde_json::to_value(&inputs).ok();
+    Ok(Keyed {
+        key: inputs.key(),
+        inputs_json: serde_json::to_value(&inputs).ok(),
+        cacheable: super::prepare::cacheable(driver, &node.job),
+        inputs,
+        outputs,
+    })
+}
 
-    // `--check` looks the result up too, but only to compare with it.
+/// Phase 2's answer.
+enum Lookup {
+    /// Served from the store: the job does not run.
+    Cached(JobResult),
+    /// The job runs; under `--check`, with the result to compare against.
+    Run { recorded: Option<JobResult> },
+}
+
+/// The one "is it cached?" rule (`StoreCtx::lookup_cached`), and what
+/// `--check` compares with (a trusted hit, or an untrusted bundle result).
+async fn lookup(
+    shared: &Arc<Shared>,
+    index: usize,
+    driver: &Driver,
+    keyed: &Keyed,
+) -> Result<Lookup, RunError> {
     let checking = shared.options.check;
-    let mut recorded: Option<JobResult> = None;
-    if cacheable && (checking || !shared.options.no_cache) {
-        let lookup_driver = driver.clone();
-        let found = shared
-            .blocking(move |ctx, shared| {
-                ctx.lookup_cached(&shared.graph.jobs[index].job, &lookup_driver, &key)
-            })
-            .await?;
-        match found {
-            CacheLookup::Hit(result) if checking => recorded = Some(result),
-            CacheLookup::Hit(result) => {
-                emitter.emit(Event::JobCached {
-                    job: name.clone(),
-                    stage: stage.clone(),
-                    key,
-                    key_inputs: inputs_json,
-                    output_layer: result.output_layer,
-                    log: result.log,
-                });
-                for artifact in result.artifacts {
-                    emitter.emit(Event::ArtifactSaved {
-                        job: name.clone(),
-                        name: artifact.name,
-                        object: artifact.object,
-                        size: artifact.size,
-                    });
-                }
-                return Ok(JobDone {
-                    status: JobStatus::Cached,
-                    output: Some(result.output_layer),
-                });
-            }
-            // An untrusted result (from a bundle) is compared with, too.
-            CacheLookup::Miss { recorded: found } if checking => {
-                recorded = found.filter(|result| result.status == kiln_store::JOB_UNTRUSTED);
-            }
-            CacheLookup::Miss { .. } | CacheLookup::Uncacheable => {}
-        }
+    if !keyed.cacheable || (!checking && shared.options.no_cache) {
+        return Ok(Lookup::Run { recorded: None });
     }
+    let (lookup_driver, key) = (driver.clone(), keyed.key);
+    let found = shared
+        .blocking(move |ctx, shared| {
+            ctx.lookup_cached(&shared.graph.jobs[index].job, &lookup_driver, &key)
+        })
+        .await?;
+    Ok(match found {
+        CacheLookup::Hit(result) if checking => Lookup::Run {
+            recorded: Some(result),
+        },
+        CacheLookup::Hit(result) => Lookup::Cached(result),
+        CacheLookup::Miss { recorded } if checking => Lookup::Run {
+            recorded: recorded.filter(|result| result.status == kiln_store::JOB_UNTRUSTED),
+        },
+        CacheLookup::Miss { .. } | CacheLookup::Uncacheable => Lookup::Run { recorded: None },
+    })
+}
 
-    // Wait for a slot, unless the build stops first.
+fn report_cached(shared: &Arc<Shared>, index: usize, keyed: &Keyed, result: JobResult) -> JobDone {
+    let node = &shared.graph.jobs[index];
+    let emitter = &shared.emitter;
+    emitter.emit(Event::JobCached {
+        job: node.job.name.clone(),
+        stage: node.job.stage.clone(),
+        key: keyed.key,
+        key_inputs: keyed.inputs_json.clone(),
+        output_layer: result.output_layer,
+        log: result.log,
+    });
+    for artifact in result.artifacts {
+        emitter.emit(Event::ArtifactSaved {
+            job: node.job.name.clone(),
+            name: artifact.name,
+            object: artifact.object,
+            size: artifact.size,
+        });
+    }
+    JobDone {
+        status: JobStatus::Cached,
+        output: Some(result.output_layer),
+    }
+}
+
+fn report_skipped(shared: &Arc<Shared>, index: usize) -> JobDone {
+    let node = &shared.graph.jobs[index];
+    shared.emitter.emit(Event::JobSkipped {
+        job: node.job.name.clone(),
+        stage: node.job.stage.clone(),
+        reason: "the build stopped before it could start".into(),
+    });
+    JobDone {
+        status: JobStatus::Skipped,
+        output: None,
+    }
+}
+
+/// Phase 3's result: how the job's script ended and where its traces are.
+struct Ran {
+    started: Instant,
+    end: JobEnd,
+    exit_code: Option<i32>,
+    job_dir: PathBuf,
+    log_path: PathBuf,
+    workspace: Option<Workspace>,
+    /// The host driver's view before the job (its output is the diff).
+    merged: Option<B3Digest>,
+    /// Upstream output layers, bottom first.
+    layer_stack: Vec<B3Digest>,
+    caches: Vec<caches::PreparedCache>,
+}
+
+/// Waits for a slot (`None` when the build stops first), lays out the
+/// workspace and caches, and runs the job on its driver.
+async fn run(shared: &Arc<Shared>, index: usize, driver: &Driver, keyed: &Keyed) -> Option<Ran> {
+    let node = &shared.graph.jobs[index];
+    let name = node.job.name.clone();
+    let emitter = &shared.emitter;
     let mut stop = shared.stop.clone();
     let permit = tokio::select! {
         permit = shared.slots.acquire() => permit.ok(),
         _ = crate::driver::stopped(&mut stop) => None,
     };
     if permit.is_none() || shared.halted.load(Ordering::SeqCst) {
-        emitter.emit(Event::JobSkipped {
-            job: name.clone(),
-            stage,
-            reason: "the build stopped before it could start".into(),
-        });
-        return Ok(JobDone {
-            status: JobStatus::Skipped,
-            output: None,
-        });
+        return None;
     }
-
     emitter.emit(Event::JobStart {
         job: name.clone(),
-        stage: stage.clone(),
-        key: cacheable.then_some(key),
-        key_inputs: inputs_json,
+        stage: node.job.stage.clone(),
+        key: keyed.cacheable.then_some(keyed.key),
+        key_inputs: keyed.inputs_json.clone(),
     });
     let started = Instant::now();
     let job_dir = shared.temp.join(format!("{index}-{name}"));
-    let base_layer = inputs.base_layer;
-    let layer_stack: Vec<B3Digest> = node.upstream.iter().filter_map(|&u| outputs[u]).collect();
+    let base_layer = keyed.inputs.base_layer;
+    let layer_stack: Vec<B3Digest> = node
+        .upstream
+        .iter()
+        .filter_map(|&u| keyed.outputs[u])
+        .collect();
     let prepared = {
         let (job_dir, layer_stack, driver) = (job_dir.clone(), layer_stack.clone(), driver.clone());
         shared
@@ -156,12 +245,12 @@ pub(crate) async fn run_job(
             tree,
         });
     }
-    let outcome = match prepared {
+    let ran = match prepared {
         Ok((workspace, merged)) => {
-            let run = JobRun {
+            let job = JobRun {
                 name: name.clone(),
                 script: node.job.script(),
-                env: inputs.env.clone(),
+                env: keyed.inputs.env.clone(),
                 manifest_env: node
                     .job
                     .env
@@ -179,47 +268,86 @@ pub(crate) async fn run_job(
                 output: Some(output_sink(emitter.clone(), name.clone())),
                 log_limit: shared.options.log_limit,
             };
-            let outcome = driver.run(run, shared.stop.clone()).await;
-            Some((outcome, workspace, merged))
+            let outcome = driver.run(job, shared.stop.clone()).await;
+            Ran {
+                started,
+                end: outcome.end,
+                exit_code: outcome.exit_code,
+                job_dir,
+                log_path: outcome.log,
+                workspace: Some(workspace),
+                merged,
+                layer_stack,
+                caches,
+            }
         }
         Err(error) => {
             let _ = std::fs::create_dir_all(&job_dir);
-            let log = job_dir.join("log");
+            let log_path = job_dir.join("log");
             let _ = std::fs::write(
-                &log,
+                &log_path,
                 format!("kiln: cannot prepare the workspace: {error}\n"),
             );
             emitter.emit(Event::Warning {
                 job: Some(name.clone()),
                 message: format!("cannot prepare the workspace: {error}"),
             });
-            None
+            Ran {
+                started,
+                end: JobEnd::Failed("the workspace could not be prepared".into()),
+                exit_code: None,
+                job_dir,
+                log_path,
+                workspace: None,
+                merged: None,
+                layer_stack,
+                caches,
+            }
         }
     };
     drop(permit);
+    Some(ran)
+}
 
-    let (end, exit_code, log_path, workspace, merged) = match outcome {
-        Some((outcome, workspace, merged)) => (
-            outcome.end,
-            outcome.exit_code,
-            outcome.log,
-            Some(workspace),
-            merged,
-        ),
-        None => (
-            JobEnd::Failed("the workspace could not be prepared".into()),
-            None,
-            job_dir.join("log"),
-            None,
-            None,
-        ),
-    };
+/// Phase 4's result: what the job left in the store.
+struct Captured {
+    end: JobEnd,
+    output: Option<B3Digest>,
+    log: Option<B3Digest>,
+    artifacts: Vec<JobArtifact>,
+    /// Caches saved: key, tree, size.
+    saved: Vec<(String, B3Digest, u64)>,
+    /// `--check`: the comparison with the recorded result.
+    compared: Option<Result<(Comparison, Comparison), String>>,
+}
+
+/// Stores the output layer, artifacts and log, records the result of a
+/// passing cacheable job, saves caches, compares under `--check`, and
+/// removes the job's directory. A failure here fails the job, never the
+/// build.
+async fn capture(
+    shared: &Arc<Shared>,
+    index: usize,
+    keyed: &Keyed,
+    ran: Ran,
+    recorded: Option<JobResult>,
+) -> Captured {
+    let node = &shared.graph.jobs[index];
     let artifacts_spec = node.job.artifacts.clone();
     // `--check` keeps the first recorded result.
-    let record = cacheable && recorded.is_none();
-    let recorded_for_check = recorded.clone();
-    let finish_dir = job_dir.clone();
-    let caches_to_save = caches.clone();
+    let record = keyed.cacheable && recorded.is_none();
+    let (key, base_layer) = (keyed.key, keyed.inputs.base_layer);
+    let job_dir = ran.job_dir.clone();
+    let Ran {
+        end,
+        log_path,
+        workspace,
+        merged,
+        layer_stack,
+        caches,
+        job_dir: finish_dir,
+        ..
+    } = ran;
     let finished = shared
         .blocking(move |ctx, _| {
             let mut end = end;
@@ -248,7 +376,7 @@ pub(crate) async fn run_job(
             };
             let mut artifacts: Vec<JobArtifact> = Vec::new();
             if let (JobEnd::Passed, Some(output)) = (&end, output) {
-                let mut stack = layer_stack.clone();
+                let mut stack = layer_stack;
                 stack.push(output);
                 let collected =
                     layers::merged_view(&ctx.store, &base_layer, &stack).and_then(|mut view| {
@@ -275,11 +403,11 @@ pub(crate) async fn run_job(
                     .record_job_result(key, output, log, PASSED, artifacts.clone())?;
             }
             let saved = if matches!(end, JobEnd::Passed) {
-                caches::save(ctx, &caches_to_save)?
+                caches::save(ctx, &caches)?
             } else {
                 Vec::new()
             };
-            let compared = match (&end, output, &recorded_for_check) {
+            let compared = match (&end, output, &recorded) {
                 (JobEnd::Passed, Some(output), Some(recorded)) => Some(
                     crate::repro::compare::compare_job_result(
                         &ctx.store, recorded, output, &artifacts,
@@ -289,23 +417,54 @@ pub(crate) async fn run_job(
                 _ => None,
             };
             let _ = std::fs::remove_dir_all(&finish_dir);
-            Ok((end, output, log, artifacts, saved, compared))
+            Ok(Captured {
+                end,
+                output,
+                log,
+                artifacts,
+                saved,
+                compared,
+            })
         })
         .await;
-    let (end, output, log, artifacts, saved, compared) = match finished {
-        Ok(finished) => finished,
+    match finished {
+        Ok(captured) => captured,
         Err(error) => {
             let _ = std::fs::remove_dir_all(&job_dir);
-            (
-                JobEnd::Failed(format!("capturing the job's output failed: {error}")),
-                None,
-                None,
-                Vec::new(),
-                Vec::new(),
-                None,
-            )
+            Captured {
+                end: JobEnd::Failed(format!("capturing the job's output failed: {error}")),
+                output: None,
+                log: None,
+                artifacts: Vec::new(),
+                saved: Vec::new(),
+                compared: None,
+            }
         }
-    };
+    }
+}
+
+/// Phase 5: the job's events (caches saved, artifacts, `job/end`, and under
+/// `--check` its `job/check`) and what dependents see.
+fn report(
+    shared: &Arc<Shared>,
+    index: usize,
+    keyed: &Keyed,
+    started: Instant,
+    exit_code: Option<i32>,
+    captured: Captured,
+    recorded: Option<JobResult>,
+) -> JobDone {
+    let node = &shared.graph.jobs[index];
+    let (name, stage) = (node.job.name.clone(), node.job.stage.clone());
+    let emitter = &shared.emitter;
+    let Captured {
+        end,
+        output,
+        log,
+        artifacts,
+        saved,
+        compared,
+    } = captured;
     let (status, message) = match end {
         JobEnd::Passed => (JobStatus::Passed, None),
         JobEnd::Failed(message) => (JobStatus::Failed, Some(message)),
@@ -339,9 +498,9 @@ pub(crate) async fn run_job(
             });
         }
     }
-    let check = checking.then(|| {
+    let check = shared.options.check.then(|| {
         check_event(
-            cacheable,
+            keyed.cacheable,
             recorded.as_ref(),
             status,
             message.as_deref(),
@@ -368,7 +527,7 @@ pub(crate) async fn run_job(
             job: name,
             stage,
             outcome: check.outcome,
-            key: cacheable.then_some(key),
+            key: keyed.cacheable.then_some(keyed.key),
             recorded_output_layer: recorded.as_ref().map(|r| r.output_layer),
             new_output_layer: output,
             output: check.output,
@@ -381,7 +540,7 @@ pub(crate) async fn run_job(
             output = Some(recorded.output_layer);
         }
     }
-    Ok(JobDone { status, output })
+    JobDone { status, output }
 }
 
 /// What `--check` says about one job.
