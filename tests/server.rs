@@ -692,3 +692,154 @@ fn curation_removes_old_artifacts_but_never_a_pinned_builds() {
     let pinned = server.get("/api/store");
     assert_eq!(pinned["pinned_builds"], serde_json::json!([builds[0]]));
 }
+
+/// `kiln builds|show|log|artifacts|pin|kill --server URL` print what the
+/// same commands print on the server's own store. Control: the local
+/// commands on that store show the build.
+#[test]
+fn record_commands_against_a_server_print_what_they_print_locally() {
+    let server = Server::start(&["--max-builds", "1"]);
+    let checkout = tempfile::tempdir().unwrap();
+    copy_dir(Path::new(HELLO), checkout.path());
+    let submit = server
+        .kiln()
+        .current_dir(checkout.path())
+        .args(["submit", "--arg", "version=1.2"])
+        .output()
+        .unwrap();
+    assert!(submit.status.success(), "{submit:?}");
+    let local = |args: &[&str]| {
+        let output = Command::new(KILN)
+            .arg("--store")
+            .arg(&server.store)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "local {args:?}: {output:?}");
+        output.stdout
+    };
+    let remote = |args: &[&str]| {
+        let output = server
+            .kiln()
+            .args(args)
+            .args(["--server", &server.url])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "remote {args:?}: {output:?}");
+        output.stdout
+    };
+    for args in [
+        &["builds"][..],
+        &["show", "1"],
+        &["show", "last"],
+        &["log", "1", "compile"],
+        &["log", "1"],
+        &["artifacts", "1"],
+    ] {
+        let here = local(args);
+        assert!(!here.is_empty(), "control: {args:?} prints something");
+        assert_eq!(
+            String::from_utf8_lossy(&remote(args)),
+            String::from_utf8_lossy(&here),
+            "{args:?}"
+        );
+    }
+    let out = checkout.path().join("hello.tgz");
+    remote(&[
+        "artifacts",
+        "get",
+        "1",
+        "release/hello.tgz",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let here = checkout.path().join("here.tgz");
+    local(&[
+        "artifacts",
+        "get",
+        "1",
+        "release/hello.tgz",
+        "-o",
+        here.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&here).unwrap());
+    remote(&["pin", "1"]);
+    assert!(String::from_utf8_lossy(&local(&["builds"])).contains("pinned"));
+    // Kill through the server: a queued build behind a slow one.
+    let slow = project(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "one" ];
+  jobs = { wait = { stage = "one"; commands = [ "sleep 20" ]; }; };
+}"#,
+    );
+    let (_, running) = server.submit(tar_of(slow.path()), "");
+    let (_, queued) = server.submit(tar_of(slow.path()), "");
+    for build in [
+        queued["build"].as_i64().unwrap(),
+        running["build"].as_i64().unwrap(),
+    ] {
+        remote(&["kill", &build.to_string()]);
+        assert_eq!(server.wait_finished(build)["status"], "killed");
+    }
+    let no_token = Command::new(KILN)
+        .args(["builds", "--server", &server.url])
+        .env_remove("KILN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!no_token.status.success());
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("token"));
+}
+
+/// A client that goes away mid-upload or mid-stream costs the server
+/// nothing: nothing is stored, and it keeps answering.
+#[test]
+fn the_server_survives_clients_that_disconnect() {
+    use std::io::Write;
+    let server = Server::start(&[]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    // Mid-upload: a body announced at 1 MiB, 1 KiB sent, then gone.
+    let mut upload = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        upload,
+        "POST /api/builds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1048576\r\n\r\n",
+        server.admin
+    )
+    .unwrap();
+    upload.write_all(&[0u8; 1024]).unwrap();
+    drop(upload);
+    // Mid-stream: a build's event stream, dropped after the headers.
+    let dir = project(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "one" ];
+  jobs = { wait = { stage = "one"; commands = [ "sleep 2" ]; }; };
+}"#,
+    );
+    let (_, answer) = server.submit(tar_of(dir.path()), "");
+    let build = answer["build"].as_i64().unwrap();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "GET /api/builds/{build}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        server.admin
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    let _ = std::io::Read::read(&mut stream, &mut first).unwrap();
+    drop(stream);
+    assert_eq!(server.wait_finished(build)["status"], "passed");
+    let (status, _) = server.request(None, Method::GET, "/api/health", Vec::new());
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        server.get("/api/builds")["builds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let submissions: Vec<_> = std::fs::read_dir(server.store.join("submissions"))
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(submissions.is_empty(), "{submissions:?}");
+}

@@ -44,28 +44,39 @@ pub fn follow(store_dir: &Path, build: i64, job: Option<&str>) -> anyhow::Result
                 );
             }
         }
-        let (status, mut body) = connection.open_stream("/events", &[]).await?;
-        if !status.is_success() {
-            bail!("build {build}'s controller answered {status}");
-        }
-        let stdout = std::io::stdout();
-        let mut printer = Printer {
-            job,
-            out: stdout.lock(),
-            pending: Vec::new(),
-        };
-        while let Some(frame) = body.frame().await {
-            let frame = frame.context("reading the event stream")?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            printer.pending.extend_from_slice(&data);
-            if printer.drain()? {
-                return Ok(());
-            }
-        }
-        Ok(())
+        print_stream(&mut connection, "/events", build, job).await
     })
+}
+
+/// Prints what `job` (or every job) writes, read from the server-sent
+/// events at `path` on `connection`, until it ends.
+pub(crate) async fn print_stream(
+    connection: &mut crate::controller::client::Connection,
+    path: &str,
+    build: i64,
+    job: Option<&str>,
+) -> anyhow::Result<()> {
+    let (status, mut body) = connection.open_stream(path, &[]).await?;
+    if !status.is_success() {
+        bail!("following build {build}: the answer was {status}");
+    }
+    let stdout = std::io::stdout();
+    let mut printer = Printer {
+        job,
+        out: stdout.lock(),
+        pending: Vec::new(),
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the event stream")?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        printer.pending.extend_from_slice(&data);
+        if printer.drain()? {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 struct Printer<'a, W: Write> {

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod offline;
 pub mod plan;
 pub mod records;
+pub mod remote;
 pub mod repro;
 pub mod run;
 pub mod serve;

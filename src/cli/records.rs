@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use kiln_store::{BuildId, BuildJob, BuildRecord, ObjectKind, RestoreOptions, Store};
 
+use crate::cli::remote::RemoteArgs;
 use crate::events::build_status_label;
 use crate::events::console::duration;
 
@@ -35,8 +36,11 @@ impl std::str::FromStr for BuildSelector {
 
 #[derive(Debug, Args)]
 pub struct BuildsArgs {
+    /// Print the builds as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +52,8 @@ pub struct ShowArgs {
     /// Print the build's recorded events, one JSON envelope a line
     #[arg(long, conflicts_with = "json")]
     pub events: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +66,8 @@ pub struct LogArgs {
     /// until the job (or, without JOB, the build) ends
     #[arg(long, short = 'f')]
     pub follow: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -70,8 +78,11 @@ pub struct ArtifactsArgs {
     /// A build number or `last`
     #[arg(required = true)]
     pub build: Option<BuildSelector>,
+    /// Print the artifacts as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +94,8 @@ pub enum ArtifactsCommand {
         name: String,
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
 }
 
@@ -90,6 +103,16 @@ pub enum ArtifactsCommand {
 pub struct PinArgs {
     /// A build number or `last`
     pub build: BuildSelector,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// How a server names a selected build.
+pub(crate) fn selector_path(selector: &BuildSelector) -> String {
+    match selector {
+        BuildSelector::Number(number) => number.to_string(),
+        BuildSelector::Last => "last".to_owned(),
+    }
 }
 
 /// Opens the store only if it exists: reading commands never create one.
@@ -218,10 +241,12 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn builds(dir: &Path, args: BuildsArgs) -> anyhow::Result<ExitCode> {
-    let store = open(dir)?;
-    let records = match &store {
-        Some(store) => store.list_builds()?,
-        None => Vec::new(),
+    let records = match args.remote.remote()? {
+        Some(remote) => remote.builds()?,
+        None => match &open(dir)? {
+            Some(store) => store.list_builds()?,
+            None => Vec::new(),
+        },
     };
     if args.json {
         print_json(&serde_json::Value::Array(
@@ -274,22 +299,45 @@ fn words(status: &str) -> String {
 }
 
 pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = open(dir)?;
-    let record = resolve(store.as_ref(), args.build)?;
-    let store = store.context("there is no build yet")?;
+    let (record, jobs, artifacts, checks, events) = match args.remote.remote()? {
+        Some(remote) => {
+            let (record, jobs, artifacts) = remote.build(&selector_path(&args.build))?;
+            let events = if args.events {
+                remote.events(record.id)?
+            } else {
+                Vec::new()
+            };
+            (record, jobs, artifacts, Vec::new(), events)
+        }
+        None => {
+            let store = open(dir)?;
+            let record = resolve(store.as_ref(), args.build)?;
+            let store = store.context("there is no build yet")?;
+            let events = if args.events {
+                store
+                    .build_events(record.id)?
+                    .into_iter()
+                    .map(|event| event.body)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let jobs = store.build_jobs(record.id)?;
+            let artifacts = listed_artifacts(&store, record.id)?;
+            let checks = crate::cli::repro::recorded_checks(&store, record.id)?;
+            (record, jobs, artifacts, checks, events)
+        }
+    };
     if args.events {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        for event in store.build_events(record.id)? {
-            if writeln!(out, "{}", event.body).is_err() {
+        for event in events {
+            if writeln!(out, "{event}").is_err() {
                 return Ok(ExitCode::SUCCESS);
             }
         }
         let _ = out.flush();
         return Ok(ExitCode::SUCCESS);
     }
-    let jobs = store.build_jobs(record.id)?;
-    let artifacts = listed_artifacts(&store, record.id)?;
-    let checks = crate::cli::repro::recorded_checks(&store, record.id)?;
     if args.json {
         let mut value = build_json(&record);
         value["jobs"] = jobs.iter().map(job_json).collect();
@@ -382,6 +430,9 @@ fn write_blob(
 }
 
 pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
+    if let Some(remote) = args.remote.remote()? {
+        return remote_log(&remote, args);
+    }
     let store = open(dir)?;
     let record = resolve(store.as_ref(), args.build)?;
     let store = store.context("there is no build yet")?;
@@ -457,17 +508,30 @@ pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
         build,
         name,
         output,
+        remote,
     }) = args.command
     {
+        if let Some(remote) = remote.remote()? {
+            return remote_get_artifact(&remote, build, &name, &output);
+        }
         return get_artifact(dir, build, &name, &output);
     }
     let Some(selector) = args.build else {
         bail!("give a build: kiln artifacts BUILD");
     };
-    let store = open(dir)?;
-    let record = resolve(store.as_ref(), selector)?;
-    let store = store.context("there is no build yet")?;
-    let artifacts = listed_artifacts(&store, record.id)?;
+    let (record, artifacts) = match args.remote.remote()? {
+        Some(remote) => {
+            let (record, _, artifacts) = remote.build(&selector_path(&selector))?;
+            (record, artifacts)
+        }
+        None => {
+            let store = open(dir)?;
+            let record = resolve(store.as_ref(), selector)?;
+            let store = store.context("there is no build yet")?;
+            let artifacts = listed_artifacts(&store, record.id)?;
+            (record, artifacts)
+        }
+    };
     if args.json {
         print_json(
             &artifacts
@@ -510,6 +574,75 @@ fn listed_artifacts(store: &Store, build: BuildId) -> anyhow::Result<Vec<kiln_st
         .into_iter()
         .filter(|a| !crate::repro::provenance::is_provenance(&a.name))
         .collect())
+}
+
+/// `kiln log --server`: the same output from the server's records.
+fn remote_log(remote: &crate::cli::remote::Remote, args: LogArgs) -> anyhow::Result<ExitCode> {
+    let (record, jobs, _) = remote.build(&selector_path(&args.build))?;
+    if let Some(name) = &args.job
+        && !jobs.iter().any(|job| &job.name == name)
+        && record.status.is_finished()
+    {
+        let known: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        bail!(
+            "build {} has no job {name:?} (its jobs: {})",
+            record.id,
+            known.join(", ")
+        );
+    }
+    if args.follow && !record.status.is_finished() {
+        remote.follow(record.id, args.job.as_deref())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let wrote = match &args.job {
+        Some(name) => out.write_all(&remote.job_log(record.id, name)?),
+        None => jobs.iter().try_for_each(|job| {
+            out.write_all(format!("==> {} ({}) <==\n", job.name, words(&job.status)).as_bytes())?;
+            match job.log {
+                Some(_) => {
+                    let log = remote
+                        .job_log(record.id, &job.name)
+                        .map_err(std::io::Error::other)?;
+                    out.write_all(&log)
+                }
+                None => out.write_all(b"(no log)\n"),
+            }
+        }),
+    };
+    match wrote.and_then(|()| out.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn remote_get_artifact(
+    remote: &crate::cli::remote::Remote,
+    selector: BuildSelector,
+    name: &str,
+    output: &Path,
+) -> anyhow::Result<ExitCode> {
+    let (record, _, artifacts) = remote.build(&selector_path(&selector))?;
+    let Some(artifact) = artifacts.iter().rev().find(|a| a.name == name) else {
+        let known: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+        bail!(
+            "build {} has no artifact {name:?}{}",
+            record.id,
+            if known.is_empty() {
+                " (it has none)".to_owned()
+            } else {
+                format!(" (its artifacts: {})", known.join(", "))
+            }
+        );
+    };
+    let bytes = remote.get_artifact(record.id, artifact, output)?;
+    eprintln!(
+        "wrote {name} ({}) to {}",
+        bytesize::ByteSize(bytes),
+        output.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn get_artifact(
@@ -562,10 +695,17 @@ fn get_artifact(
 }
 
 pub fn pin(dir: &Path, args: PinArgs, pinned: bool) -> anyhow::Result<ExitCode> {
-    let mut store = open(dir)?;
-    let record = resolve(store.as_ref(), args.build)?;
-    let store = store.as_mut().context("there is no build yet")?;
-    store.set_pinned(record.id, pinned)?;
+    let record = if let Some(remote) = args.remote.remote()? {
+        let (record, _, _) = remote.build(&selector_path(&args.build))?;
+        remote.pin(record.id, pinned)?;
+        record
+    } else {
+        let mut store = open(dir)?;
+        let record = resolve(store.as_ref(), args.build)?;
+        let store = store.as_mut().context("there is no build yet")?;
+        store.set_pinned(record.id, pinned)?;
+        record
+    };
     if pinned {
         eprintln!("pinned build {}: curation keeps its artifacts", record.id);
     } else {

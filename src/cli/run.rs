@@ -75,6 +75,8 @@ pub struct RunArgs {
 pub struct KillArgs {
     /// A build number, or `last`
     pub build: String,
+    #[command(flatten)]
+    pub remote: crate::cli::remote::RemoteArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -344,6 +346,10 @@ pub(crate) fn watch_signals(
 }
 
 pub fn kill(store_dir: &Path, args: KillArgs) -> anyhow::Result<ExitCode> {
+    if let Some(remote) = args.remote.remote()? {
+        println!("{}", remote.kill(&args.build)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = Store::open(store_dir)?;
     let build = if args.build == "last" {
         store.last_build()?.context("there is no build")?
