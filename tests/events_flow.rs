@@ -228,6 +228,7 @@ fn a_thousand_cached_jobs_persist_in_well_under_a_second() {
             emitter.emit(Event::JobQueued {
                 job: format!("job-{n:04}"),
                 stage: "all".into(),
+                needs: Vec::new(),
             });
         }
         for n in 0..1000u32 {

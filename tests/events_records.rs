@@ -78,6 +78,7 @@ fn emit_build(emitter: &Emitter, objects: &Objects) {
         emitter.emit(Event::JobQueued {
             job: job.into(),
             stage: stage.into(),
+            needs: Vec::new(),
         });
     }
     emitter.emit(Event::StageStart {

@@ -260,7 +260,7 @@ pub struct JobTable {
 impl JobTable {
     pub fn record(&mut self, envelope: &Envelope) {
         let (job, stage, status, duration_ms) = match &envelope.event {
-            Event::JobQueued { job, stage } => (job, stage, JobStatus::Queued, None),
+            Event::JobQueued { job, stage, .. } => (job, stage, JobStatus::Queued, None),
             Event::JobStart { job, stage, .. } => (job, stage, JobStatus::Running, None),
             Event::JobCached { job, stage, .. } => (job, stage, JobStatus::Cached, Some(0)),
             Event::JobSkipped { job, stage, .. } => (job, stage, JobStatus::Skipped, None),

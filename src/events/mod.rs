@@ -72,7 +72,13 @@ pub enum Event {
     #[serde(rename = "stage/start")]
     StageStart { stage: String },
     #[serde(rename = "job/queued")]
-    JobQueued { job: String, stage: String },
+    JobQueued {
+        job: String,
+        stage: String,
+        /// The jobs it needs directly (the edges of the build's graph).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        needs: Vec<String>,
+    },
     /// The job runs. `key_inputs` is the serialised key components (design
     /// §3) that `kiln explain` diffs; a never-cached job may have no key.
     #[serde(rename = "job/start")]
@@ -459,6 +465,7 @@ mod tests {
             Event::JobQueued {
                 job: "j".into(),
                 stage: "s".into(),
+                needs: vec!["k".into()],
             },
             Event::JobStart {
                 job: "j".into(),

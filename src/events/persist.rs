@@ -81,7 +81,7 @@ impl Interceptor for Persist {
                 self.ended |= status.is_finished();
                 self.batch.status = Some(*status);
             }
-            Event::JobQueued { job, stage } => {
+            Event::JobQueued { job, stage, .. } => {
                 self.job(envelope, job, stage, JobStatus::Queued);
             }
             Event::JobStart {

@@ -372,6 +372,11 @@ async fn run_in(
         emitter.emit(Event::JobQueued {
             job: node.job.name.clone(),
             stage: node.job.stage.clone(),
+            needs: node
+                .needs
+                .iter()
+                .map(|&need| graph.jobs[need].job.name.clone())
+                .collect(),
         });
     }
     let parallel = if graph.sequential {

@@ -54,8 +54,15 @@ pub struct TokenCache(Mutex<HashMap<[u8; 32], (Caller, std::time::Instant)>>);
 
 const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Paths anyone may read.
-const PUBLIC: &[&str] = &["/api/health"];
+/// Paths anyone may read: the health check, the login form and the page's
+/// assets (no data in them); `/` redirects to the form by itself.
+const PUBLIC: &[&str] = &[
+    "/",
+    "/api/health",
+    "/login",
+    "/assets/app.js",
+    "/assets/app.css",
+];
 
 /// Authenticates every request (but [`PUBLIC`]) and hands the [`Caller`]
 /// to the handler. 401 for a missing or unknown token.
@@ -74,6 +81,13 @@ pub async fn authenticate(
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::to_owned);
     let Some(presented) = presented else {
+        // A browser of the web page: its session cookie.
+        if let Some(caller) =
+            super::web::session_id(request.headers()).and_then(|id| state.sessions.caller(&id))
+        {
+            request.extensions_mut().insert(caller);
+            return next.run(request).await;
+        }
         return unauthorized("no token: send `Authorization: Bearer <token>`");
     };
     let hashed = hash(&presented);

@@ -16,6 +16,7 @@ pub mod pool;
 pub mod routes;
 pub mod runner;
 pub mod upload;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub pool: Arc<pool::StorePool>,
     pub runner: Arc<runner::Runner>,
     pub tokens: auth::TokenCache,
+    /// Browsers logged in through the web page.
+    pub sessions: web::Sessions,
 }
 
 /// Binds `config.listen`; returns the bound address and the server's
@@ -125,6 +128,7 @@ pub async fn bind(
         pool: Arc::new(pool::StorePool::new(&config.store_dir)),
         runner: Arc::clone(&runner),
         tokens: auth::TokenCache::default(),
+        sessions: web::Sessions::default(),
         config,
     });
     let curation = curation_task(Arc::clone(&state));

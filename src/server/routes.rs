@@ -25,6 +25,16 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 pub fn router(state: Arc<AppState>) -> axum::Router {
     let max_upload = usize::try_from(state.config.max_upload).unwrap_or(usize::MAX);
     axum::Router::new()
+        .route("/", get(super::web::index))
+        .route(
+            "/login",
+            get(super::web::login_page).post(super::web::login),
+        )
+        .route("/logout", post(super::web::logout))
+        .route("/assets/app.js", get(super::web::app_js))
+        .route("/assets/app.css", get(super::web::app_css))
+        .route("/api/me", get(super::web::me))
+        .route("/api/events", get(super::web::changes))
         .route("/api/health", get(health))
         .route("/api/openapi.json", get(openapi))
         .route(
@@ -174,6 +184,17 @@ async fn show_build(
                 value["queued"] = json!(submission.queued);
             }
             value["running_here"] = json!(running.feed(id).is_some());
+            // The graph's edges, from the recorded `job/queued` events.
+            let mut needs = std::collections::HashMap::new();
+            for event in store.build_events(id)? {
+                if event.kind == "job/queued"
+                    && let Ok(envelope) =
+                        serde_json::from_str::<crate::events::Envelope>(&event.body)
+                    && let crate::events::Event::JobQueued { job, needs: of, .. } = envelope.event
+                {
+                    needs.insert(job, of);
+                }
+            }
             value["jobs"] = store
                 .build_jobs(id)?
                 .iter()
@@ -181,6 +202,7 @@ async fn show_build(
                     json!({
                         "job": job.name,
                         "stage": job.stage,
+                        "needs": needs.get(&job.name).cloned().unwrap_or_default(),
                         "status": job.status,
                         "cached": job.cached,
                         "duration_ms": job.duration_ms,
@@ -658,6 +680,7 @@ async fn kill(
             )))
         })
         .await?;
+    state.runner.changed(outcome.0);
     state.runner.wake();
     Ok((
         StatusCode::ACCEPTED,
@@ -879,6 +902,7 @@ async fn submit(
         .await?;
     match result {
         Ok(id) => {
+            state.runner.changed(id);
             state.runner.wake();
             Ok((
                 StatusCode::CREATED,

@@ -38,6 +38,9 @@ pub struct Runner {
     place: BuildPlace,
     running: Mutex<HashMap<i64, Running>>,
     wake: Notify,
+    /// Builds that were queued, started, ended or killed (the web page's
+    /// live list).
+    changes: tokio::sync::broadcast::Sender<i64>,
 }
 
 impl Runner {
@@ -54,12 +57,22 @@ impl Runner {
             place,
             running: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            changes: tokio::sync::broadcast::channel(1024).0,
         })
     }
 
     /// Something was queued or finished: look at the queue again.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Says that `build` changed (queued, started, ended, killed).
+    pub fn changed(&self, build: BuildId) {
+        let _ = self.changes.send(build.0);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<i64> {
+        self.changes.subscribe()
     }
 
     pub fn running_count(&self) -> usize {
@@ -145,6 +158,7 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&build.0);
+            runner.changed(build);
             let _ =
                 crate::scheduler::builddir::remove_tree(&submission_dir(&runner.store_dir, build));
             runner.wake();
@@ -166,6 +180,7 @@ impl Runner {
         .map_err(|error| super::ServerError::Internal(error.to_string()))??;
         // Killed while queued.
         let Some(lease) = claimed else { return Ok(()) };
+        self.changed(build);
         let dir = submission_dir(&self.store_dir, build);
         let manifest_path = dir.join(&submission.manifest);
         let router = crate::events::local::recording_router(&self.store_dir, build, lease)?
