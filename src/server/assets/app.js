@@ -201,7 +201,7 @@ async function showBuild(main, id) {
           el("span", { class: "name", text: job.job }),
           badge(job.cached ? "cached" : job.status),
           el("span", { class: "why", text: why(job) }))))));
-    graph.replaceChildren(el("h2", { text: "Graph" }), drawGraph([...byStage], build.jobs));
+    graph.replaceChildren(el("h2", { text: "Graph" }), el("div", { class: "graph-wrap" }, drawGraph([...byStage], build.jobs)));
     artifacts.replaceChildren(...(build.artifacts.length ? build.artifacts.map((a) =>
       el("li", {}, el("a", { href: "/api/builds/" + id + "/artifacts/" + a.name.split("/").map(encodeURIComponent).join("/"), download: "", text: a.name }),
         el("span", { class: "muted", text: "  " + a.kind + ", " + a.size + " bytes" })))
@@ -254,7 +254,7 @@ function drawGraph(stages, jobs) {
     rows = Math.max(rows, stageJobs.length);
   });
   const width = 20 + stages.length * colW, height = 20 + rows * rowH;
-  const root = svg("svg", { class: "graph", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "job graph" });
+  const root = svg("svg", { class: "graph", width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "job graph" });
   for (const job of jobs) {
     const to = place.get(job.job);
     for (const need of job.needs || []) {
