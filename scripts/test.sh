@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use, as "command:package".
 required=(git:git zstd:zstd unshare:util-linux script:bsdutils mkfifo:coreutils mknod:coreutils setfattr:attr
           busybox:busybox-static cc:gcc hostname:hostname umoci:umoci
-          qemu-system-x86_64:qemu-system-x86 mke2fs:e2fsprogs xz:xz-utils)
+          qemu-system-x86_64:qemu-system-x86 mke2fs:e2fsprogs xz:xz-utils chromium:chromium)
 missing=()
 for pair in "${required[@]}"; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")

@@ -375,6 +375,7 @@ async fn job_log(
         let items: Vec<Result<SseEvent, Infallible>> = text
             .lines()
             .map(|line| Ok(SseEvent::default().data(line)))
+            .chain([Ok(SseEvent::default().event("end").data(""))])
             .collect();
         return Ok(Sse::new(futures_util::stream::iter(items)).into_response());
     }
@@ -391,12 +392,20 @@ fn job_lines(
     use crate::events::{Envelope, Event};
     use futures_util::StreamExt;
     let items = Box::pin(items);
+    // Always ends with an `end` event (also when the flow ends first), so a
+    // browser's EventSource closes instead of reconnecting.
     futures_util::stream::unfold((items, job, false), |(mut items, job, done)| async move {
         if done {
             return None;
         }
         loop {
-            let FeedItem::Envelope(_, json) = items.next().await? else {
+            let Some(item) = items.next().await else {
+                return Some((
+                    Ok(SseEvent::default().event("end").data("")),
+                    (items, job, true),
+                ));
+            };
+            let FeedItem::Envelope(_, json) = item else {
                 continue;
             };
             let Ok(envelope) = serde_json::from_str::<Envelope>(&json) else {

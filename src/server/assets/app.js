@@ -163,6 +163,8 @@ async function showBuild(main, id) {
       logStream = new EventSource("/api/builds/" + id + "/log/" + encodeURIComponent(job.job) + "?follow=true");
       logStream.onmessage = (message) => view.add(message.data);
       logStream.addEventListener("end", () => { logStream.close(); view.note("(the job ended)"); });
+      // No reconnecting: a new stream would start the log over.
+      logStream.onerror = () => { if (logStream.readyState !== EventSource.CLOSED) { logStream.close(); view.note("(disconnected)"); } };
     } else if (job.log) {
       try { view.addText(await api("/api/builds/" + id + "/log/" + encodeURIComponent(job.job))); }
       catch (error) { view.note(error.message); }
@@ -212,18 +214,25 @@ async function showBuild(main, id) {
     try { await api("/api/builds/" + id + "/" + action, { method: "POST" }); } catch (error) { alert(error.message); }
     refresh();
   };
-  let pending = null;
-  const refresh = async () => {
-    if (pending) return;
-    pending = setTimeout(() => { pending = null; }, 300);
+  // At most one refresh each 300 ms, and always one after the last change.
+  let waiting = null, again = false;
+  const load = async () => {
     try { draw(await api("/api/builds/" + id)); } catch (error) { header.replaceChildren(el("p", { class: "error", text: error.message })); }
   };
-  await refresh();
+  const refresh = () => {
+    if (waiting) { again = true; return; }
+    load();
+    waiting = setTimeout(() => { waiting = null; if (again) { again = false; refresh(); } }, 300);
+  };
+  await load();
   const events = new EventSource("/api/builds/" + id + "/events");
   events.onmessage = (message) => {
     const kind = JSON.parse(message.data).event?.type || "";
     if (kind !== "job/output") refresh();
+    if (kind === "build/status" || kind === "build/end") refresh();
   };
+  // The stream ends with the build: no reconnecting to replay it.
+  events.onerror = () => { events.close(); refresh(); };
   cleanup.push(() => events.close());
 }
 
