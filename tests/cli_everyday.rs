@@ -73,7 +73,7 @@ fn a_failed_job_shows_the_tail_of_its_output_and_how_to_see_all_of_it() {
     assert!(String::from_utf8_lossy(&log.stdout).contains("line 1\n"));
 
     // The live view on a terminal shows the same block above its summary.
-    let (code, screen) = in_terminal(&project, "run", &[]);
+    let (code, screen) = in_terminal(&project, "run", &[("NO_COLOR", "1")]);
     assert_eq!(code, 3, "{screen}");
     assert!(
         screen.contains("job bad: failed")
@@ -85,4 +85,171 @@ fn a_failed_job_shows_the_tail_of_its_output_and_how_to_see_all_of_it() {
         "{screen}"
     );
     assert!(screen.contains("see all of it: kiln log 2 bad"), "{screen}");
+}
+
+/// Two jobs that sleep until they are stopped.
+const SLEEPERS: &str = r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "build" ];
+  jobs = {
+    a = { stage = "build"; commands = [ "echo starting a" "sleep 60" ]; };
+    b = { stage = "build"; commands = [ "echo starting b" "sleep 60" ]; };
+  };
+}"#;
+
+#[test]
+fn ctrl_c_on_a_terminal_counts_jobs_as_killed_and_leaves_no_stale_line() {
+    let project = Project::new(SLEEPERS);
+    // `script` forwards its stdin to the terminal: a Ctrl-C byte after the
+    // jobs started is the user pressing Ctrl-C (SIGINT to the whole group).
+    let command = format!(
+        "{} --store {} --color never run",
+        env!("CARGO_BIN_EXE_kiln"),
+        project.store.display()
+    );
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(r#"(sleep 3; printf '\003'; sleep 5) | script -q -e -c "$0" /dev/null"#)
+        .arg(&command)
+        .current_dir(project.root())
+        .env("TMPDIR", &project.tmp)
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(4), "{screen}");
+    let last = screen.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("killed in ")
+            && last.ends_with(": 0 passed, 0 cached, 0 failed, 0 skipped, 2 killed"),
+        "{last:?}\n{screen}"
+    );
+    // The terminal echoed no `^C` into the live view (its two columns
+    // wrapped a full-width line and left a stale progress line behind).
+    assert!(!screen.contains("^C"), "{screen}");
+    project.assert_clean();
+}
+
+#[test]
+fn piped_output_ends_with_the_summary_and_total_time() {
+    let project = Project::new(FAILING);
+    let output = project.kiln().arg("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let n = lines.len();
+    assert_eq!(
+        lines[n - 3],
+        "JOB  STAGE  STATUS  DURATION  CACHED",
+        "{stderr}"
+    );
+    assert!(lines[n - 2].starts_with("bad  build  failed"), "{stderr}");
+    assert!(
+        lines[n - 1].starts_with("build 1 failed in ")
+            && lines[n - 1].ends_with(": 0 passed, 0 cached, 1 failed, 0 skipped"),
+        "{stderr}"
+    );
+    // No colour into a pipe unless asked for.
+    assert!(!stderr.contains('\x1b'), "{stderr}");
+}
+
+#[test]
+fn colour_on_a_terminal_unless_no_color_or_never() {
+    let project = Project::new(FAILING);
+    let red = "\x1b[1;31mfailed";
+    let (_, coloured) = in_terminal(&project, "run", &[]);
+    assert!(coloured.contains(red), "{coloured}");
+    let (_, no_color) = in_terminal(&project, "run", &[("NO_COLOR", "1")]);
+    assert!(!no_color.contains(red), "{no_color}");
+    let (_, never) = in_terminal(&project, "--color never run", &[]);
+    assert!(!never.contains(red), "{never}");
+    let always = project
+        .kiln()
+        .args(["--color", "always", "run"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&always.stderr).contains(red));
+}
+
+#[test]
+fn usage_mistakes_exit_2_with_a_clear_message() {
+    let project = Project::new(FAILING);
+    let usage = |args: &[&str], wanted: &str| {
+        let output = project.kiln().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+    };
+    usage(&["build"], "'run'");
+    usage(&["status"], "'show'");
+    usage(&["run", "-j", "0"], "must be at least 1");
+    for command in ["check", "run", "plan", "lock"] {
+        let mut args = vec![command];
+        if command == "check" {
+            args.push("build.kiln");
+        }
+        args.extend(["--arg", "version"]);
+        usage(&args, "malformed --arg \"version\": expected NAME=VALUE");
+    }
+    usage(
+        &["check", "build.kiln", "--arg", "a=1", "--arg", "a=2"],
+        "--arg a is given twice",
+    );
+}
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let project = Project::new(FAILING);
+    let output = project
+        .kiln()
+        .args(["store", "add", "/nonexistent/kiln-test"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let project = Project::new(FAILING);
+    project.kiln().arg("run").output().unwrap();
+    for args in [&["builds"][..], &["log", "1", "bad"], &["show", "1"]] {
+        let mut child = project
+            .kiln()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before kiln writes, as `| head` does.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_djinn_source_fails_as_its_own_job() {
+    let project = Project::new("");
+    project.write(
+        ".djinn.yml",
+        "driver:\n  type: docker\n  image: host\nsources:\n- ../no-such-repo\nstages:\n- build\njobs:\n- stage: build\n  name: compile\n  commands:\n  - 'true'\n",
+    );
+    std::fs::remove_file(project.root().join("build.kiln")).unwrap();
+    let run = project.run(&[]);
+    assert_eq!(run.code, 3, "{}", run.describe());
+    assert_eq!(
+        run.status("source:../no-such-repo"),
+        "failed",
+        "{}",
+        run.describe()
+    );
+    assert_eq!(run.status("compile"), "skipped");
+    assert!(
+        !run.events.iter().any(|e| e["job"] == "source"),
+        "{}",
+        run.describe()
+    );
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use kiln_grammar::load::{self, LoadError, LoadOptions};
 
-use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
+use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST, UsageError};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -32,8 +32,9 @@ pub struct EvalArgs {
 /// `--arg` and `--allow-path`, turned into [`LoadOptions`] here only.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ManifestInputs {
-    /// Argument for a manifest that is a function (repeatable)
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    /// Argument for a manifest that is a function (repeatable); NAME is an
+    /// identifier, VALUE a string
+    #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = parse_arg_pair)]
     pub args: Vec<String>,
     /// Let the manifest also read files under DIR (repeatable); without it a
     /// manifest reads only under its project root (its git repository, else
@@ -51,30 +52,43 @@ impl ManifestInputs {
     }
 }
 
-/// `--arg NAME=VALUE` pairs; a malformed or repeated one is a usage error.
+/// `--arg NAME=VALUE` pairs; a malformed or repeated one is a usage error
+/// (exit 2).
 pub fn parse_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut args = BTreeMap::new();
     for pair in raw {
-        let Some((name, value)) = pair.split_once('=') else {
-            anyhow::bail!("malformed --arg \"{pair}\": expected NAME=VALUE");
-        };
-        let valid_name = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
-        if !valid_name {
-            anyhow::bail!(
-                "malformed --arg \"{pair}\": \"{name}\" is not an identifier ([A-Za-z_][A-Za-z0-9_'-]*)"
-            );
-        }
-        if args.insert(name.to_string(), value.to_string()).is_some() {
-            anyhow::bail!("--arg {name} is given twice");
+        let (name, value) = split_arg(pair).map_err(UsageError)?;
+        if args.insert(name.to_owned(), value.to_owned()).is_some() {
+            return Err(UsageError(format!("--arg {name} is given twice")).into());
         }
     }
     Ok(args)
+}
+
+/// Checks one `--arg` as clap reads it, so a malformed one is a usage error
+/// naming the option (exit 2).
+pub fn parse_arg_pair(pair: &str) -> Result<String, String> {
+    split_arg(pair).map(|_| pair.to_owned())
+}
+
+/// `NAME=VALUE` split at the first `=`, `NAME` an identifier.
+fn split_arg(pair: &str) -> Result<(&str, &str), String> {
+    let Some((name, value)) = pair.split_once('=') else {
+        return Err(format!("malformed --arg \"{pair}\": expected NAME=VALUE"));
+    };
+    let valid_name = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
+    if !valid_name {
+        return Err(format!(
+            "malformed --arg \"{pair}\": \"{name}\" is not an identifier ([A-Za-z_][A-Za-z0-9_'-]*)"
+        ));
+    }
+    Ok((name, value))
 }
 
 /// Exit code for a failed load: 2 when the manifest itself is wrong.

@@ -17,6 +17,7 @@ use crate::scheduler::prepare::{self, CacheLookup, DriverSet, StoreCtx};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
+    /// The manifest [default: build.kiln, else .kiln/*.kiln, else .djinn.yml]
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
     #[command(flatten)]
@@ -30,6 +31,7 @@ pub struct PlanArgs {
 pub struct ExplainArgs {
     /// The job to explain
     pub job: String,
+    /// The manifest [default: build.kiln, else .kiln/*.kiln, else .djinn.yml]
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
     #[command(flatten)]

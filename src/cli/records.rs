@@ -35,6 +35,7 @@ impl std::str::FromStr for BuildSelector {
 
 #[derive(Debug, Args)]
 pub struct BuildsArgs {
+    /// Print the builds as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -43,6 +44,7 @@ pub struct BuildsArgs {
 pub struct ShowArgs {
     /// A build number or `last`
     pub build: BuildSelector,
+    /// Print the build, its jobs (with keys, logs, exit codes) and artifacts as JSON
     #[arg(long)]
     pub json: bool,
     /// Print the build's recorded events, one JSON envelope a line
@@ -66,6 +68,7 @@ pub struct ArtifactsArgs {
     /// A build number or `last`
     #[arg(required = true)]
     pub build: Option<BuildSelector>,
+    /// Print the artifacts as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -76,7 +79,9 @@ pub enum ArtifactsCommand {
     Get {
         /// A build number or `last`
         build: BuildSelector,
+        /// The artifact's name (`kiln artifacts BUILD` lists them)
         name: String,
+        /// Where it goes: must not exist (a directory may exist if empty)
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
     },
@@ -241,10 +246,10 @@ pub fn builds(dir: &Path, args: BuildsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    crate::cli::out!(
         "{}",
         table(&["BUILD", "STATUS", "STARTED", "DURATION", "PINNED"], &rows)
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -356,7 +361,7 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
             record.id
         ));
     }
-    print!("{out}");
+    crate::cli::out!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -478,7 +483,7 @@ pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "KIND", "SIZE", "DIGEST"], &rows));
+    crate::cli::out!("{}", table(&["NAME", "KIND", "SIZE", "DIGEST"], &rows))?;
     Ok(ExitCode::SUCCESS)
 }
 

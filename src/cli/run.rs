@@ -36,7 +36,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub inputs: crate::cli::manifest::ManifestInputs,
     /// Jobs running at once [default: the number of cores]
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_job_count)]
     pub jobs: Option<usize>,
     /// Run every job, even those with a cached result
     #[arg(long)]
@@ -73,7 +73,19 @@ pub enum CacheCommand {
     /// List the build caches (`caches = [ { key; paths; } ]`)
     Ls,
     /// Remove the cache saved under KEY
-    Rm { key: String },
+    Rm {
+        /// The cache's key (`kiln cache ls` lists them)
+        key: String,
+    },
+}
+
+/// `--jobs N`: at least 1 (0 would run nothing and wait forever).
+fn parse_job_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (how many jobs run at once)".into()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(format!("{error} (a whole number of jobs, at least 1)")),
+    }
 }
 
 /// The manifest given, else `build.kiln`, else the only `.kiln/*.kiln`,
@@ -182,7 +194,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let options = RunOptions {
-        jobs: args.jobs.unwrap_or(cores).max(1),
+        jobs: args.jobs.unwrap_or(cores),
         no_cache: args.no_cache,
         check: args.check,
         store_dir: store_dir.to_path_buf(),
@@ -337,7 +349,7 @@ pub fn kill(store_dir: &Path, args: KillArgs) -> anyhow::Result<ExitCode> {
         nix::sys::signal::Signal::SIGTERM,
     )
     .with_context(|| format!("signalling process {pid}"))?;
-    println!("build {build}: sent SIGTERM to kiln process {pid}");
+    crate::cli::outln!("build {build}: sent SIGTERM to kiln process {pid}")?;
     Ok(ExitCode::SUCCESS)
 }
 

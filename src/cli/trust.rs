@@ -16,17 +16,26 @@ pub enum KeyCommand {
         name: String,
     },
     /// Print the public key of the signing key NAME (give it to `kiln trust add`)
-    Public { name: String },
+    Public {
+        /// The key's name, as given to `kiln key generate`
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TrustCommand {
     /// Trust a public key (`NAME:BASE64`, as `kiln key public` prints it)
-    Add { public_key: String },
+    Add {
+        /// `NAME:BASE64`, as `kiln key public NAME` prints it
+        public_key: String,
+    },
     /// List the trusted public keys
     Ls,
     /// Stop trusting a key, by name or whole public key
-    Rm { key: String },
+    Rm {
+        /// The key's name, or its whole public key `NAME:BASE64`
+        key: String,
+    },
 }
 
 pub fn key(store_dir: &Path, command: KeyCommand) -> anyhow::Result<ExitCode> {
@@ -35,7 +44,7 @@ pub fn key(store_dir: &Path, command: KeyCommand) -> anyhow::Result<ExitCode> {
         KeyCommand::Generate { name } => keyring.generate(&name)?,
         KeyCommand::Public { name } => keyring.secret(&name)?.public(),
     };
-    println!("{public}");
+    crate::cli::outln!("{public}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -52,7 +61,7 @@ pub fn trust(store_dir: &Path, command: TrustCommand) -> anyhow::Result<ExitCode
         }
         TrustCommand::Ls => {
             for key in keyring.trusted()? {
-                println!("{key}");
+                crate::cli::outln!("{key}")?;
             }
         }
         TrustCommand::Rm { key } => {
