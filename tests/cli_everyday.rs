@@ -253,3 +253,47 @@ fn a_missing_djinn_source_fails_as_its_own_job() {
         run.describe()
     );
 }
+
+#[test]
+fn plan_plans_every_job_when_an_image_is_missing() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  stages = [ "build" "test" ];
+  jobs = {
+    a = { stage = "build"; driver = { type = "container"; image = "debian/none"; }; commands = [ "true" ]; };
+    b = { stage = "build"; commands = [ "true" ]; };
+    c = { stage = "test"; needs = [ "a" ]; commands = [ "true" ]; };
+  };
+}"#,
+    );
+    let output = project.kiln().args(["plan"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let status = |job: &str| {
+        stdout
+            .lines()
+            .find(|line| line.starts_with(&format!("{job} ")))
+            .and_then(|line| line.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("no job {job} in\n{stdout}"))
+            .to_owned()
+    };
+    assert_eq!(status("a"), "missing");
+    assert_eq!(status("b"), "run");
+    assert_eq!(status("c"), "missing");
+    assert!(
+        stdout
+            .contains("image debian/none: import it with `kiln image import debian/none ARCHIVE`"),
+        "{stdout}"
+    );
+    let json = project.kiln().args(["plan", "--json"]).output().unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(plan[2]["missing"][0], "job a cannot run");
+    let explain = project.kiln().args(["explain", "a"]).output().unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        text.starts_with("a: cannot run until this is provided:")
+            && text.contains("kiln image import debian/none"),
+        "{text}"
+    );
+}

@@ -47,8 +47,13 @@ struct PlannedJob {
     /// `None` while an upstream job will run (its output decides the key).
     key: Option<B3Digest>,
     /// `cached`, `run` (no result for the key), `run-uncacheable` (host
-    /// driver or network), `run-after-upstream` (key unknown yet).
+    /// driver or network), `run-after-upstream` (key unknown yet), or
+    /// `missing` (it cannot run: see `missing`).
     status: &'static str,
+    /// What the job lacks (its image, a source, a job it needs), each with
+    /// the command that would provide it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<String>,
     #[serde(skip)]
     inputs: Option<KeyInputs>,
     /// The key inputs with [`UNKNOWN_OUTPUT`] for upstream jobs that will run.
@@ -56,11 +61,16 @@ struct PlannedJob {
     partial: Option<KeyInputs>,
 }
 
+/// The status of a job that cannot run until something is provided.
+const MISSING: &str = "missing";
+
 /// Stands for the output of an upstream job that has not run yet.
 const UNKNOWN_OUTPUT: B3Digest = B3Digest::from_array([0; 32]);
 
 /// Resolves the manifest against the store like `run` does (without running
-/// anything) and works out each job's key where it can be known.
+/// anything) and works out each job's key where it can be known. A missing
+/// image or source does not stop the plan: the jobs it concerns are
+/// `missing`, naming what would provide it (as `run --offline` lists).
 fn plan_jobs(
     store_dir: &Path,
     manifest: &Manifest,
@@ -68,20 +78,38 @@ fn plan_jobs(
 ) -> anyhow::Result<Vec<PlannedJob>> {
     let temp = tempfile::tempdir().context("creating a temporary directory")?;
     let mut ctx = StoreCtx::open(store_dir, temp.path())?;
+    let absent = crate::offline::check::missing(&ctx.store, manifest)?;
     let set = DriverSet::of(graph);
     let context = CreateContext {
         store_dir: store_dir.to_path_buf(),
         hidden: vec![store_dir.to_path_buf()],
         helper: std::env::current_exe().context("locating the kiln binary")?,
     };
-    let drivers: Vec<Driver> = set
+    // A driver that cannot be created (its image is not imported) leaves
+    // why, as the remedy `run --offline` would print when it has one.
+    let drivers: Vec<Result<Driver, String>> = set
         .specs
         .iter()
-        .map(|spec| Driver::create(spec, &context))
-        .collect::<Result<_, _>>()?;
-    let workspace = drivers
+        .map(|spec| {
+            Driver::create(spec, &context).map_err(|error| {
+                let image = match spec {
+                    kiln_grammar::manifest::Driver::Container(c) => Some(&c.image),
+                    kiln_grammar::manifest::Driver::Qemu(q) => Some(&q.image),
+                    kiln_grammar::manifest::Driver::Host(_) => None,
+                };
+                image
+                    .and_then(|image| {
+                        let what = format!("image {image}");
+                        absent.iter().find(|missing| missing.what == what)
+                    })
+                    .map_or_else(|| error.to_string(), ToString::to_string)
+            })
+        })
+        .collect();
+    let workspace = set
+        .specs
         .first()
-        .and_then(|d| d.workspace_path().map(str::to_owned));
+        .and_then(|spec| spec.workspace().map(str::to_owned));
     let mut objects = Vec::new();
     for (object, placed) in manifest
         .objects
@@ -93,16 +121,51 @@ fn plan_jobs(
             Err(error) => eprintln!("warning: object {} not placed: {error}", object.dst),
         }
     }
-    let sources = ctx
-        .resolve_sources(manifest)
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    let base = ctx.compose_base(&sources, &objects)?;
+    let mut sources = Vec::new();
+    let mut unresolved = Vec::new();
+    for resolved in ctx.resolve_sources(manifest) {
+        match resolved {
+            Ok(source) => sources.push(source),
+            Err(error) => unresolved.push(error.to_string()),
+        }
+    }
+    let base = match unresolved.is_empty() {
+        true => Some(ctx.compose_base(&sources, &objects)?),
+        false => None,
+    };
     let mut outputs: Vec<Option<B3Digest>> = vec![None; graph.jobs.len()];
-    let mut planned = Vec::with_capacity(graph.jobs.len());
+    let mut planned: Vec<PlannedJob> = Vec::with_capacity(graph.jobs.len());
     for (index, node) in graph.jobs.iter().enumerate() {
-        let driver = &drivers[set.of_job[index]];
-        let inputs = ctx.key_inputs(graph, index, driver, &base, &outputs)?;
+        let needs: Vec<String> = node
+            .needs
+            .iter()
+            .map(|&n| graph.jobs[n].job.name.clone())
+            .collect();
+        let mut missing = Vec::new();
+        let driver = drivers[set.of_job[index]]
+            .as_ref()
+            .map_err(|why| missing.push(why.clone()))
+            .ok();
+        missing.extend(unresolved.iter().cloned());
+        for &need in &node.needs {
+            if planned[need].status == MISSING {
+                missing.push(format!("job {} cannot run", planned[need].job));
+            }
+        }
+        let (Some(driver), Some(base)) = (driver, base.as_ref()) else {
+            planned.push(PlannedJob {
+                job: node.job.name.clone(),
+                stage: node.job.stage.clone(),
+                needs,
+                key: None,
+                status: MISSING,
+                missing,
+                inputs: None,
+                partial: None,
+            });
+            continue;
+        };
+        let inputs = ctx.key_inputs(graph, index, driver, base, &outputs)?;
         // With an upstream still to run, everything but that upstream's
         // output is known: `explain` compares that much.
         let partial = match &inputs {
@@ -112,12 +175,13 @@ fn plan_jobs(
                     .iter()
                     .map(|output| Some(output.unwrap_or(UNKNOWN_OUTPUT)))
                     .collect();
-                ctx.key_inputs(graph, index, driver, &base, &filled)?
+                ctx.key_inputs(graph, index, driver, base, &filled)?
             }
         };
         let cacheable = prepare::cacheable(driver, &node.job);
         let key = inputs.as_ref().map(KeyInputs::key);
         let status = match key {
+            _ if !missing.is_empty() => MISSING,
             None => "run-after-upstream",
             Some(key) => match ctx.lookup_cached(&node.job, driver, &key)? {
                 CacheLookup::Uncacheable => "run-uncacheable",
@@ -131,13 +195,10 @@ fn plan_jobs(
         planned.push(PlannedJob {
             job: node.job.name.clone(),
             stage: node.job.stage.clone(),
-            needs: node
-                .needs
-                .iter()
-                .map(|&n| graph.jobs[n].job.name.clone())
-                .collect(),
+            needs,
             key: key.filter(|_| cacheable),
             status,
+            missing,
             inputs,
             partial,
         });
@@ -190,6 +251,22 @@ pub fn plan(store_dir: &Path, args: PlanArgs) -> anyhow::Result<ExitCode> {
             job.needs.join(" ")
         )?;
     }
+    let mut missing: Vec<&str> = planned
+        .iter()
+        .flat_map(|job| job.missing.iter().map(String::as_str))
+        .filter(|what| !what.starts_with("job "))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        writeln!(
+            out,
+            "\nmissing (`kiln run` would fail until it is provided):"
+        )?;
+        for what in missing {
+            writeln!(out, "  {what}")?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,6 +291,13 @@ pub fn explain(store_dir: &Path, args: ExplainArgs) -> anyhow::Result<ExitCode> 
     }
     let job = &planned[index];
     let mut out = std::io::stdout().lock();
+    if job.status == MISSING {
+        writeln!(out, "{}: cannot run until this is provided:", args.job)?;
+        for what in &job.missing {
+            writeln!(out, "  - {what}")?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(last) = previous.get(&args.job) else {
         writeln!(
             out,
