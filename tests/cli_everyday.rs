@@ -297,3 +297,83 @@ fn plan_plans_every_job_when_an_image_is_missing() {
         "{text}"
     );
 }
+
+#[test]
+fn explain_names_the_files_that_changed_and_answers_for_a_past_build() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  sources = [ ./src ];
+  stages = [ "build" "test" ];
+  jobs = {
+    compile = { stage = "build"; commands = [ "cat src/main.c > app" ]; };
+    smoke = { stage = "test"; needs = [ "compile" ]; inputs = [ ]; commands = [ "test -s app" ]; };
+  };
+}"#,
+    );
+    project.write("src/main.c", "int main(void) { return 0; }\n");
+    project.write("src/util.c", "int util;\n");
+    let stdout = |args: &[&str]| {
+        let output = project.kiln().args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        text
+    };
+    assert_eq!(project.run(&[]).code, 0);
+    assert_eq!(
+        stdout(&["explain", "compile"]),
+        "compile will be taken from the cache: nothing changed since its last run (build 1)\n"
+    );
+
+    // A source edit: which paths, in plain words.
+    project.write("src/main.c", "int main(void) { return 1; }\n");
+    std::fs::remove_file(project.root().join("src/util.c")).unwrap();
+    project.write("src/new.h", "#define NEW 1\n");
+    let text = stdout(&["explain", "compile"]);
+    assert!(
+        text.starts_with("compile will run. Changed since its last run (build 1):\n")
+            && text.contains("  - the files it sees (its sources and objects) changed:\n")
+            && text.contains("      src/main.c: content differs")
+            && text.contains("      src/new.h: added")
+            && text.contains("      src/util.c: removed"),
+        "{text}"
+    );
+
+    // A past build: why each job ran there, against its previous run.
+    assert_eq!(project.run(&[]).code, 0);
+    let text = stdout(&["explain", "smoke", "--build", "2"]);
+    assert!(
+        text.starts_with(
+            "smoke ran in build 2 (passed). Changed since its previous run (build 1):\n"
+        ) && text.contains(
+            "  - the output of upstream job compile changed:\n      app: content differs"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("src/"), "smoke sees no sources: {text}");
+    assert_eq!(project.run(&[]).code, 0);
+    assert_eq!(
+        stdout(&["explain", "compile", "--build", "last"]),
+        "compile was taken from the cache in build 3: nothing changed since its previous run (build 2)\n"
+    );
+    assert_eq!(
+        stdout(&["explain", "compile", "--build", "1"]),
+        "compile ran in build 1 (passed): no earlier build of this manifest ran it\n"
+    );
+    let unknown = project
+        .kiln()
+        .args(["explain", "nope", "--build", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("its jobs: compile, smoke"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}
