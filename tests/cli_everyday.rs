@@ -377,3 +377,124 @@ fn explain_names_the_files_that_changed_and_answers_for_a_past_build() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    let project = Project::new(FAILING);
+    let text = |args: &[&str]| {
+        let output = project.kiln().args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let bash = text(&["completions", "bash"]);
+    assert!(
+        bash.contains("_kiln()") && bash.contains("explain"),
+        "{bash}"
+    );
+    assert!(text(&["completions", "zsh"]).starts_with("#compdef kiln"));
+    assert!(text(&["completions", "fish"]).contains("complete -c kiln"));
+    let page = text(&["man"]);
+    assert!(
+        page.contains(".TH kiln 1") && page.contains("\\-\\-color"),
+        "{page}"
+    );
+    let dir = project.dir.path().join("man");
+    text(&["man", "--out", dir.to_str().unwrap()]);
+    for name in ["kiln.1", "kiln-run.1", "kiln-store-gc.1", "kiln-explain.1"] {
+        assert!(dir.join(name).is_file(), "{name}");
+    }
+    let run_page = std::fs::read_to_string(dir.join("kiln-run.1")).unwrap();
+    assert!(run_page.contains("\\-\\-log\\-limit"), "{run_page}");
+}
+
+#[test]
+fn init_writes_a_starter_manifest_that_runs_and_never_overwrites() {
+    let project = Project::new("");
+    std::fs::remove_file(project.root().join("build.kiln")).unwrap();
+    project.write("main.c", "int main(void) { return 0; }\n");
+    let init = project.kiln().arg("init").output().unwrap();
+    assert_eq!(
+        init.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let written = std::fs::read_to_string(project.root().join("build.kiln")).unwrap();
+    assert!(written.contains("cc -O2 -o app *.c"), "{written}");
+    let check = project
+        .kiln()
+        .args(["check", "build.kiln"])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0));
+    let run = project.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    assert_eq!(run.status("build"), "passed");
+    assert_eq!(run.status("test"), "passed");
+
+    // A second init refuses, and leaves the manifest as it was.
+    project.write("build.kiln", "# mine\n");
+    let again = project.kiln().arg("init").output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
+    assert_eq!(
+        std::fs::read_to_string(project.root().join("build.kiln")).unwrap(),
+        "# mine\n"
+    );
+    // Nor does it add a build.kiln beside a Djinn manifest it would shadow.
+    std::fs::remove_file(project.root().join("build.kiln")).unwrap();
+    project.write(".djinn.yml", "stages: [build]\n");
+    let beside = project.kiln().arg("init").output().unwrap();
+    assert_eq!(beside.status.code(), Some(1));
+    assert!(!project.root().join("build.kiln").exists());
+}
+
+#[test]
+fn json_on_check_log_and_listings() {
+    let project = Project::new(FAILING);
+    project.write("broken.kiln", "{ stages = [ \"a\" ]; jobs = 3; }");
+    let json = |args: &[&str], code: i32| -> serde_json::Value {
+        let output = project.kiln().args(args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&output.stdout))
+        })
+    };
+    let checked = json(&["check", "build.kiln", "broken.kiln", "--json"], 2);
+    assert_eq!(checked[0]["valid"], true);
+    assert_eq!(checked[0]["jobs"], 1);
+    assert_eq!(checked[1]["valid"], false);
+    let error = &checked[1]["errors"][0];
+    assert!(
+        error["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("broken.kiln:1:"),
+        "{error}"
+    );
+
+    project.kiln().arg("run").output().unwrap();
+    let log = json(&["log", "1", "bad", "--json"], 0);
+    assert_eq!(log["job"], "bad");
+    assert_eq!(log["status"], "failed");
+    assert!(log["log"].as_str().unwrap().contains("line 30\n"));
+    assert_eq!(json(&["log", "last", "--json"], 0)[0]["job"], "bad");
+    assert!(
+        json(&["cache", "ls", "--json"], 0)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        json(&["trust", "ls", "--json"], 0)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(json(&["builds", "--json"], 0).as_array().unwrap().len(), 1);
+}

@@ -17,6 +17,10 @@ pub struct CheckArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub inputs: crate::cli::manifest::ManifestInputs,
+    /// Print one JSON object per file (valid or not, counts, every warning
+    /// and error with its location) as a JSON array on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,13 +103,47 @@ fn failure_code(error: &LoadError) -> u8 {
     }
 }
 
+/// One diagnostic as `kiln check --json` prints it.
+fn diagnostic_json(
+    diagnostic: &kiln_grammar::diagnostic::Diagnostic,
+    sources: &kiln_grammar::source::SourceMap,
+) -> serde_json::Value {
+    serde_json::json!({
+        "message": diagnostic.message,
+        "location": diagnostic.span.map(|span| sources.location(span)),
+        "label": diagnostic.label,
+        "help": diagnostic.help,
+    })
+}
+
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let options = args.inputs.load_options()?;
     let mut worst = 0u8;
     let mut stdout = std::io::stdout().lock();
+    let mut reports = Vec::new();
     for file in &args.files {
         let loaded = load::load(file, &options);
         eprint!("{}", loaded.render_diagnostics());
+        if args.json {
+            let diagnostics =
+                |list: &[kiln_grammar::diagnostic::Diagnostic]| -> Vec<serde_json::Value> {
+                    list.iter()
+                        .map(|d| diagnostic_json(d, &loaded.sources))
+                        .collect()
+                };
+            let (stages, jobs) = match &loaded.result {
+                Ok(manifest) => (Some(manifest.stages.len()), Some(manifest.jobs.len())),
+                Err(_) => (None, None),
+            };
+            reports.push(serde_json::json!({
+                "file": file.display().to_string(),
+                "valid": loaded.result.is_ok(),
+                "stages": stages,
+                "jobs": jobs,
+                "warnings": diagnostics(&loaded.warnings),
+                "errors": loaded.result.as_ref().err().map(|e| diagnostics(e.diagnostics())).unwrap_or_default(),
+            }));
+        }
         match &loaded.result {
             Ok(manifest) => {
                 let mut summary = vec![
@@ -115,8 +153,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 if !loaded.warnings.is_empty() {
                     summary.push(count(loaded.warnings.len(), "warning"));
                 }
-                writeln!(stdout, "{}: ok ({})", file.display(), summary.join(", "))
-                    .context("writing to stdout")?;
+                if !args.json {
+                    writeln!(stdout, "{}: ok ({})", file.display(), summary.join(", "))
+                        .context("writing to stdout")?;
+                }
             }
             Err(error) => {
                 // A broken manifest outranks an unreadable one.
@@ -126,6 +166,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 };
             }
         }
+    }
+    if args.json {
+        crate::cli::print_json(&reports)?;
     }
     Ok(ExitCode::from(worst))
 }

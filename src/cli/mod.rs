@@ -30,6 +30,7 @@ pub(crate) use {out, outln};
 
 pub mod image;
 pub mod manifest;
+pub mod meta;
 pub mod offline;
 pub mod plan;
 pub mod records;
@@ -126,6 +127,13 @@ pub enum Command {
     Diff(repro::DiffArgs),
     /// Print a build's provenance: an in-toto statement with a SLSA v1 predicate
     Provenance(repro::ProvenanceArgs),
+
+    /// Write a starter build.kiln for a directory (never overwrites a manifest)
+    Init(meta::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(meta::CompletionsArgs),
+    /// Print kiln's man page, or write one per command with --out DIR
+    Man(meta::ManArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -203,6 +211,9 @@ fn meant_command(word: &str) -> Option<&'static str> {
         "validate" | "lint" | "verify" => "check",
         "why" => "explain",
         "dry-run" => "plan",
+        "completion" => "completions",
+        "manpage" | "manual" => "man",
+        "new" | "setup" => "init",
         _ => return None,
     })
 }
@@ -306,7 +317,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Provenance(args) => {
             store_dir(cli.store.as_ref()).and_then(|dir| repro::provenance(&dir, args))
         }
+        Command::Init(args) => meta::init(args),
+        Command::Completions(args) => meta::completions(args),
+        Command::Man(args) => meta::man(args),
     }
+}
+
+/// Pretty JSON and a newline on stdout (every `--json` listing).
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// A size such as `0`, `500MiB` or `2GiB`, in bytes (a clap value parser).
@@ -345,5 +368,36 @@ mod tests {
         command.build();
         walk(&command, "kiln", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    /// Every command that lists or reports something has `--json`.
+    #[test]
+    fn every_listing_has_json() {
+        let command = super::Cli::command();
+        let find = |path: &[&str]| {
+            let mut at = &command;
+            for name in path {
+                at = at
+                    .find_subcommand(name)
+                    .unwrap_or_else(|| panic!("no command {path:?}"));
+            }
+            at.get_arguments().any(|arg| arg.get_id() == "json")
+        };
+        let listings: &[&[&str]] = &[
+            &["check"],
+            &["plan"],
+            &["builds"],
+            &["show"],
+            &["log"],
+            &["artifacts"],
+            &["store", "ls"],
+            &["store", "stats"],
+            &["store", "roots"],
+            &["image", "ls"],
+            &["cache", "ls"],
+            &["trust", "ls"],
+        ];
+        let without: Vec<_> = listings.iter().filter(|path| !find(path)).collect();
+        assert!(without.is_empty(), "no --json: {without:?}");
     }
 }

@@ -58,6 +58,10 @@ pub struct LogArgs {
     pub build: BuildSelector,
     /// One job; without it, every job's log in order, each under a header
     pub job: Option<String>,
+    /// Print the log(s) as JSON: build, job, status and the log's text
+    /// (`null` for a job without one); an array without JOB
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -186,12 +190,7 @@ fn build_json(record: &BuildRecord) -> serde_json::Value {
     })
 }
 
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
+use crate::cli::print_json;
 
 /// Lays out rows under a header, columns two spaces apart.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -386,6 +385,9 @@ pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
     let store = open(dir)?;
     let record = resolve(store.as_ref(), args.build)?;
     let store = store.context("there is no build yet")?;
+    if args.json {
+        return log_json(&store, record.id, args.job.as_deref());
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match &args.job {
@@ -436,6 +438,42 @@ pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `kiln log --json`: the job's log as text (lossy UTF-8) with its build,
+/// job and status; every job's, as an array, without a job.
+fn log_json(store: &Store, build: BuildId, job: Option<&str>) -> anyhow::Result<ExitCode> {
+    let jobs = store.build_jobs(build)?;
+    let entry = |job: &BuildJob| -> anyhow::Result<serde_json::Value> {
+        let text = match job.log {
+            Some(log) => {
+                let mut bytes = Vec::new();
+                write_blob(store, &log, &mut bytes)?;
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            None => None,
+        };
+        Ok(serde_json::json!({
+            "build": build.0,
+            "job": job.name,
+            "status": job.status,
+            "log": text,
+        }))
+    };
+    match job {
+        Some(name) => {
+            let Some(found) = jobs.iter().find(|job| job.name == name) else {
+                let known: Vec<&str> = jobs.iter().map(|job| job.name.as_str()).collect();
+                bail!(
+                    "build {build} has no job {name:?} (its jobs: {})",
+                    known.join(", ")
+                );
+            };
+            print_json(&entry(found)?)?;
+        }
+        None => print_json(&jobs.iter().map(entry).collect::<anyhow::Result<Vec<_>>>()?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
     if let Some(ArtifactsCommand::Get {
         build,
@@ -464,7 +502,7 @@ pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
                         "size": a.size,
                     })
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
         )?;
         return Ok(ExitCode::SUCCESS);
     }

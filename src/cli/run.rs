@@ -71,7 +71,11 @@ pub struct KillArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum CacheCommand {
     /// List the build caches (`caches = [ { key; paths; } ]`)
-    Ls,
+    Ls {
+        /// Print the caches as JSON: key, digest, size, last use
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the cache saved under KEY
     Rm {
         /// The cache's key (`kiln cache ls` lists them)
@@ -356,7 +360,22 @@ pub fn kill(store_dir: &Path, args: KillArgs) -> anyhow::Result<ExitCode> {
 pub fn cache(store_dir: &Path, command: CacheCommand) -> anyhow::Result<ExitCode> {
     let mut store = Store::open(store_dir)?;
     match command {
-        CacheCommand::Ls => {
+        CacheCommand::Ls { json: true } => {
+            let caches: Vec<serde_json::Value> = store
+                .list_roots(Some(RootKind::Cache))?
+                .into_iter()
+                .map(|root| {
+                    serde_json::json!({
+                        "key": root.name,
+                        "digest": root.object.digest,
+                        "size": store.object_size(root.object).unwrap_or(0),
+                        "last_used": root.last_used,
+                    })
+                })
+                .collect();
+            crate::cli::print_json(&caches)?;
+        }
+        CacheCommand::Ls { json: false } => {
             let mut out = std::io::stdout().lock();
             for root in store.list_roots(Some(RootKind::Cache))? {
                 let size = store.object_size(root.object).unwrap_or(0);

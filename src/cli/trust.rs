@@ -30,7 +30,11 @@ pub enum TrustCommand {
         public_key: String,
     },
     /// List the trusted public keys
-    Ls,
+    Ls {
+        /// Print the keys as JSON: name and public key
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop trusting a key, by name or whole public key
     Rm {
         /// The key's name, or its whole public key `NAME:BASE64`
@@ -59,7 +63,15 @@ pub fn trust(store_dir: &Path, command: TrustCommand) -> anyhow::Result<ExitCode
                 eprintln!("{key} was trusted already");
             }
         }
-        TrustCommand::Ls => {
+        TrustCommand::Ls { json: true } => {
+            let keys: Vec<serde_json::Value> = keyring
+                .trusted()?
+                .into_iter()
+                .map(|key| serde_json::json!({ "name": key.name, "public_key": key.to_string() }))
+                .collect();
+            crate::cli::print_json(&keys)?;
+        }
+        TrustCommand::Ls { json: false } => {
             for key in keyring.trusted()? {
                 crate::cli::outln!("{key}")?;
             }
