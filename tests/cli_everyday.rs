@@ -498,3 +498,42 @@ fn json_on_check_log_and_listings() {
     );
     assert_eq!(json(&["builds", "--json"], 0).as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_file_source_lands_as_dir_or_inside_a_dir_ending_in_a_slash() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  sources = [
+    { path = ./main.c; dir = "app/"; }
+    { path = ./VERSION; dir = "etc/version"; }
+    { path = ./lib; dir = "vendor/"; }
+  ];
+  stages = [ "s" ];
+  jobs = { look = { stage = "s"; commands = [
+    "test -f app/main.c"
+    "test \"$(cat etc/version)\" = 1.2"
+    "test -f vendor/lib/util.c"
+  ]; }; };
+}"#,
+    );
+    project.write("main.c", "int main(void) { return 0; }\n");
+    project.write("VERSION", "1.2\n");
+    project.write("lib/util.c", "int util;\n");
+    let eval = project
+        .kiln()
+        .args(["eval", "build.kiln"])
+        .output()
+        .unwrap();
+    let description: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let dirs: Vec<&str> = description["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|source| source["dir"].as_str().unwrap())
+        .collect();
+    assert_eq!(dirs, ["app/main.c", "etc/version", "vendor/lib"]);
+    let run = project.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    assert_eq!(run.status("look"), "passed");
+}
