@@ -1,6 +1,7 @@
 //! kiln: a declarative, hermetic build runner. See ARCHITECTURE.md.
 
 pub mod cli;
+pub mod color;
 pub mod controller;
 pub mod driver;
 pub mod events;

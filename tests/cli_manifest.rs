@@ -184,7 +184,7 @@ fn malformed_arg_is_a_usage_error() {
             .arg(&file)
             .args(["--arg", bad])
             .assert()
-            .code(1)
+            .code(2)
             .stdout("")
             .stderr(predicate::str::contains(format!(
                 "malformed --arg \"{bad}\""
@@ -195,7 +195,7 @@ fn malformed_arg_is_a_usage_error() {
         .arg(&file)
         .args(["--arg", "a=1", "--arg", "a=2"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(predicate::str::contains("--arg a is given twice"));
 }
 

@@ -137,6 +137,11 @@ fn plain_console_lines() {
                 [build 3] job soak: timed out (1m01s): job timeout of 1m reached
                 [build 3] stage test: timed out
                 [build 3] build timed out
+                JOB      STAGE  STATUS     DURATION  CACHED
+                deps     build  cached          0ms  yes
+                compile  build  passed         1.2s  no
+                soak     test   timed out     1m01s  no
+                build 3 timed out: 1 passed, 1 cached, 0 failed, 0 skipped, 1 timed out
             "#]],
         ),
         (
@@ -151,6 +156,11 @@ fn plain_console_lines() {
                 [build 3] job soak: timed out (1m01s): job timeout of 1m reached
                 [build 3] stage test: timed out
                 [build 3] build timed out
+                JOB      STAGE  STATUS     DURATION  CACHED
+                deps     build  cached          0ms  yes
+                compile  build  passed         1.2s  no
+                soak     test   timed out     1m01s  no
+                build 3 timed out: 1 passed, 1 cached, 0 failed, 0 skipped, 1 timed out
             "#]],
         ),
     ] {
@@ -357,7 +367,7 @@ fn live_console_under_a_pseudo_terminal() {
     let last = summary[5];
     assert!(
         last.starts_with("build 3 timed out in ")
-            && last.ends_with(": 1 passed, 1 cached, 1 failed, 0 skipped"),
+            && last.ends_with(": 1 passed, 1 cached, 0 failed, 0 skipped, 1 timed out"),
         "{last}"
     );
 }

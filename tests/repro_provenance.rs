@@ -116,7 +116,7 @@ fn check_statement(statement: &Value) {
         .as_object()
         .expect("buildDefinition");
     let build_type = definition["buildType"].as_str().expect("buildType");
-    assert!(build_type.starts_with("https://"), "{build_type}");
+    check_documented(build_type);
     assert!(definition["externalParameters"].is_object());
     if let Some(internal) = definition.get("internalParameters") {
         assert!(internal.is_object());
@@ -131,12 +131,7 @@ fn check_statement(statement: &Value) {
     }
     let details = predicate["runDetails"].as_object().expect("runDetails");
     let builder = details["builder"].as_object().expect("builder");
-    assert!(
-        builder["id"]
-            .as_str()
-            .expect("builder.id")
-            .starts_with("https://")
-    );
+    check_documented(builder["id"].as_str().expect("builder.id"));
     for (_, version) in builder["version"].as_object().expect("builder.version") {
         assert!(version.is_string());
     }
@@ -397,5 +392,34 @@ fn a_build_without_artifacts_attests_its_output_layers_and_one_without_outputs_r
         stderr.contains("build 2 has no recorded provenance")
             && stderr.contains("no artifact and no job output"),
         "{stderr}"
+    );
+}
+
+/// A builder id or build type is an https URI into docs/reproducibility.md
+/// whose fragment is a heading there (as GitHub makes anchors).
+fn check_documented(uri: &str) {
+    let (page, fragment) = uri
+        .strip_prefix("https://github.com/kiln-build/kiln/blob/main/")
+        .and_then(|rest| rest.split_once('#'))
+        .unwrap_or_else(|| panic!("{uri} is not a documented kiln URI"));
+    let doc = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(page))
+        .unwrap_or_else(|e| panic!("{uri}: {page}: {e}"));
+    let anchors: Vec<String> = doc
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| {
+            heading
+                .trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    assert!(
+        anchors.iter().any(|anchor| anchor == fragment),
+        "{uri}: no heading #{fragment} in {page} ({anchors:?})"
     );
 }

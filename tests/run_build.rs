@@ -287,6 +287,13 @@ fn a_missing_object_is_a_warning_and_a_missing_source_fails() {
     assert_eq!(run.code, 3, "{}", run.describe());
     assert_eq!(run.build_status(), "failed");
     assert_eq!(run.status("j"), "skipped");
+    // The failure is reported as the source's own job, named after it.
+    assert_eq!(
+        run.status("source:./nonexistent-source"),
+        "failed",
+        "{}",
+        run.describe()
+    );
 }
 
 #[test]

@@ -22,17 +22,22 @@ pub enum ImageCommand {
         /// Where a tarball is unpacked before it is stored [default: $TMPDIR]
         #[arg(long, value_name = "DIR")]
         scratch: Option<PathBuf>,
+        /// Print the import report as JSON (digest, format, size, files, what was left out)
         #[arg(long)]
         json: bool,
     },
     /// List imported images: name, digest, size, source, imported, last used (--json adds an
     /// OCI image's env, working dir and user)
     Ls {
+        /// Print the images as JSON
         #[arg(long)]
         json: bool,
     },
     /// Remove an image; its data goes at the next curation or gc
-    Rm { name: String },
+    Rm {
+        /// The image name (`kiln image ls` lists them)
+        name: String,
+    },
 }
 
 pub fn run(store_dir: &Path, command: ImageCommand) -> anyhow::Result<ExitCode> {
@@ -61,10 +66,10 @@ pub fn run(store_dir: &Path, command: ImageCommand) -> anyhow::Result<ExitCode> 
                 );
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                crate::cli::outln!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
                 let from = report.source.to_string();
-                println!("{}", report.digest);
+                crate::cli::outln!("{}", report.digest)?;
                 let plural = if report.files == 1 { "" } else { "s" };
                 eprintln!(
                     "imported image {} from {} ({from}): {} file{plural}, {}",
@@ -81,7 +86,7 @@ pub fn run(store_dir: &Path, command: ImageCommand) -> anyhow::Result<ExitCode> 
         ImageCommand::Ls { json } => {
             let images = image::list(&store)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&images)?);
+                crate::cli::outln!("{}", serde_json::to_string_pretty(&images)?)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let mut out = std::io::stdout().lock();

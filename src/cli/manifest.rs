@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use kiln_grammar::load::{self, LoadError, LoadOptions};
 
-use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST};
+use crate::cli::{EXIT_FAILURE, EXIT_MANIFEST, UsageError};
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
@@ -17,6 +17,10 @@ pub struct CheckArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub inputs: crate::cli::manifest::ManifestInputs,
+    /// Print one JSON object per file (valid or not, counts, every warning
+    /// and error with its location) as a JSON array on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -32,8 +36,9 @@ pub struct EvalArgs {
 /// `--arg` and `--allow-path`, turned into [`LoadOptions`] here only.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ManifestInputs {
-    /// Argument for a manifest that is a function (repeatable)
-    #[arg(long = "arg", value_name = "NAME=VALUE")]
+    /// Argument for a manifest that is a function (repeatable); NAME is an
+    /// identifier, VALUE a string
+    #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = parse_arg_pair)]
     pub args: Vec<String>,
     /// Let the manifest also read files under DIR (repeatable); without it a
     /// manifest reads only under its project root (its git repository, else
@@ -51,30 +56,43 @@ impl ManifestInputs {
     }
 }
 
-/// `--arg NAME=VALUE` pairs; a malformed or repeated one is a usage error.
+/// `--arg NAME=VALUE` pairs; a malformed or repeated one is a usage error
+/// (exit 2).
 pub fn parse_args(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut args = BTreeMap::new();
     for pair in raw {
-        let Some((name, value)) = pair.split_once('=') else {
-            anyhow::bail!("malformed --arg \"{pair}\": expected NAME=VALUE");
-        };
-        let valid_name = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
-        if !valid_name {
-            anyhow::bail!(
-                "malformed --arg \"{pair}\": \"{name}\" is not an identifier ([A-Za-z_][A-Za-z0-9_'-]*)"
-            );
-        }
-        if args.insert(name.to_string(), value.to_string()).is_some() {
-            anyhow::bail!("--arg {name} is given twice");
+        let (name, value) = split_arg(pair).map_err(UsageError)?;
+        if args.insert(name.to_owned(), value.to_owned()).is_some() {
+            return Err(UsageError(format!("--arg {name} is given twice")).into());
         }
     }
     Ok(args)
+}
+
+/// Checks one `--arg` as clap reads it, so a malformed one is a usage error
+/// naming the option (exit 2).
+pub fn parse_arg_pair(pair: &str) -> Result<String, String> {
+    split_arg(pair).map(|_| pair.to_owned())
+}
+
+/// `NAME=VALUE` split at the first `=`, `NAME` an identifier.
+fn split_arg(pair: &str) -> Result<(&str, &str), String> {
+    let Some((name, value)) = pair.split_once('=') else {
+        return Err(format!("malformed --arg \"{pair}\": expected NAME=VALUE"));
+    };
+    let valid_name = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '\'' | '-'));
+    if !valid_name {
+        return Err(format!(
+            "malformed --arg \"{pair}\": \"{name}\" is not an identifier ([A-Za-z_][A-Za-z0-9_'-]*)"
+        ));
+    }
+    Ok((name, value))
 }
 
 /// Exit code for a failed load: 2 when the manifest itself is wrong.
@@ -85,13 +103,47 @@ fn failure_code(error: &LoadError) -> u8 {
     }
 }
 
+/// One diagnostic as `kiln check --json` prints it.
+fn diagnostic_json(
+    diagnostic: &kiln_grammar::diagnostic::Diagnostic,
+    sources: &kiln_grammar::source::SourceMap,
+) -> serde_json::Value {
+    serde_json::json!({
+        "message": diagnostic.message,
+        "location": diagnostic.span.map(|span| sources.location(span)),
+        "label": diagnostic.label,
+        "help": diagnostic.help,
+    })
+}
+
 pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let options = args.inputs.load_options()?;
     let mut worst = 0u8;
     let mut stdout = std::io::stdout().lock();
+    let mut reports = Vec::new();
     for file in &args.files {
         let loaded = load::load(file, &options);
         eprint!("{}", loaded.render_diagnostics());
+        if args.json {
+            let diagnostics =
+                |list: &[kiln_grammar::diagnostic::Diagnostic]| -> Vec<serde_json::Value> {
+                    list.iter()
+                        .map(|d| diagnostic_json(d, &loaded.sources))
+                        .collect()
+                };
+            let (stages, jobs) = match &loaded.result {
+                Ok(manifest) => (Some(manifest.stages.len()), Some(manifest.jobs.len())),
+                Err(_) => (None, None),
+            };
+            reports.push(serde_json::json!({
+                "file": file.display().to_string(),
+                "valid": loaded.result.is_ok(),
+                "stages": stages,
+                "jobs": jobs,
+                "warnings": diagnostics(&loaded.warnings),
+                "errors": loaded.result.as_ref().err().map(|e| diagnostics(e.diagnostics())).unwrap_or_default(),
+            }));
+        }
         match &loaded.result {
             Ok(manifest) => {
                 let mut summary = vec![
@@ -101,8 +153,10 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 if !loaded.warnings.is_empty() {
                     summary.push(count(loaded.warnings.len(), "warning"));
                 }
-                writeln!(stdout, "{}: ok ({})", file.display(), summary.join(", "))
-                    .context("writing to stdout")?;
+                if !args.json {
+                    writeln!(stdout, "{}: ok ({})", file.display(), summary.join(", "))
+                        .context("writing to stdout")?;
+                }
             }
             Err(error) => {
                 // A broken manifest outranks an unreadable one.
@@ -112,6 +166,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 };
             }
         }
+    }
+    if args.json {
+        crate::cli::print_json(&reports)?;
     }
     Ok(ExitCode::from(worst))
 }

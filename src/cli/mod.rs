@@ -3,7 +3,8 @@
 //! Exit codes (documented in docs/cli.md):
 //! - 0: success
 //! - 1: any other failure (IO, store, internal)
-//! - 2: the manifest is invalid (syntax, evaluation, schema)
+//! - 2: the manifest or an argument is invalid (syntax, evaluation, schema;
+//!   a usage error clap or [`UsageError`] reports)
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,8 +13,26 @@ use clap::{Parser, Subcommand};
 
 pub mod build;
 pub mod follow;
+/// `println!` that returns the write error (a closed pipe) instead of
+/// panicking: `outln!("{x}")?`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+/// `print!` that returns the write error instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+pub(crate) use {out, outln};
+
 pub mod image;
 pub mod manifest;
+pub mod meta;
 pub mod offline;
 pub mod plan;
 pub mod records;
@@ -26,6 +45,14 @@ pub mod trust;
 
 /// Exit code for an invalid manifest.
 pub const EXIT_MANIFEST: u8 = 2;
+/// Exit code for invalid arguments: clap's own, and [`UsageError`]s.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A mistake in the arguments that clap cannot see alone (a malformed or
+/// repeated `--arg`): exits 2, as clap's usage errors do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 /// Exit code for every other failure.
 pub const EXIT_FAILURE: u8 = 1;
 
@@ -42,6 +69,10 @@ pub struct Cli {
     /// The store directory [default: $KILN_HOME, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln]
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
+
+    /// When to colour what kiln prints on stderr (`auto` honours NO_COLOR)
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = crate::color::ColorChoice::Auto)]
+    pub color: crate::color::ColorChoice,
 
     #[command(subcommand)]
     pub command: Command,
@@ -105,6 +136,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Submit a build to a server and follow it, exiting as `kiln run` would
     Submit(serve::SubmitArgs),
+    /// Write a starter build.kiln for a directory (never overwrites a manifest)
+    Init(meta::InitArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(meta::CompletionsArgs),
+    /// Print kiln's man page, or write one per command with --out DIR
+    Man(meta::ManArgs),
 }
 
 /// Where the store lives: `--store`, else `$KILN_HOME`, else
@@ -139,8 +176,99 @@ fn located_store_dir(flag: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => exit_with_hints(error),
+    };
+    crate::color::init(cli.color);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => report(&error),
+    }
+}
+
+/// Prints clap's error, adding the command a user most likely meant to an
+/// unknown one (`kiln build` → `run`), and exits (2 for usage errors).
+fn exit_with_hints(mut error: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() == ErrorKind::InvalidSubcommand
+        && let Some(ContextValue::String(word)) = error.get(ContextKind::InvalidSubcommand)
+        && let Some(meant) = meant_command(word)
+    {
+        let mut suggestions = vec![meant.to_owned()];
+        if let Some(ContextValue::Strings(similar)) = error.get(ContextKind::SuggestedSubcommand) {
+            suggestions.extend(similar.iter().filter(|s| *s != meant).cloned());
+        }
+        error.insert(
+            ContextKind::SuggestedSubcommand,
+            ContextValue::Strings(suggestions),
+        );
+    }
+    error.exit()
+}
+
+/// The kiln command for a word people type out of habit from other tools.
+fn meant_command(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "build" | "make" | "exec" | "start" | "test" => "run",
+        "status" | "inspect" | "info" => "show",
+        "ps" | "list" | "ls" | "history" => "builds",
+        "logs" | "tail" | "output" => "log",
+        "clean" | "prune" | "gc" => "store gc",
+        "stop" | "cancel" | "abort" => "kill",
+        "validate" | "lint" | "verify" => "check",
+        "why" => "explain",
+        "dry-run" => "plan",
+        "completion" => "completions",
+        "manpage" | "manual" => "man",
+        "new" | "setup" => "init",
+        _ => return None,
+    })
+}
+
+/// Prints a failed command's error and picks its exit code. Output into a
+/// closed pipe (`kiln builds | head -1`) is no error: exit quietly.
+fn report(error: &anyhow::Error) -> ExitCode {
+    let broken_pipe = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "{} {}",
+        crate::color::paint("error:", crate::color::Tone::Bad),
+        error_text(error)
+    );
+    if error.chain().any(|cause| cause.is::<UsageError>()) {
+        ExitCode::from(EXIT_USAGE)
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text
+/// is already there (an error that prints its source and also returns it
+/// would otherwise say `No such file or directory (os error 2)` twice).
+fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
         Command::Check(args) => manifest::check(args),
         Command::Eval(args) => manifest::eval(args),
         Command::Store(command) => {
@@ -204,14 +332,19 @@ pub fn main() -> ExitCode {
             let store = store_dir(cli.store.as_ref()).ok();
             serve::submit(store.as_deref(), args)
         }
-    };
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+        Command::Init(args) => meta::init(args),
+        Command::Completions(args) => meta::completions(args),
+        Command::Man(args) => meta::man(args),
     }
+}
+
+/// Pretty JSON and a newline on stdout (every `--json` listing).
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
 }
 
 /// A size such as `0`, `500MiB` or `2GiB`, in bytes (a clap value parser).
@@ -220,4 +353,66 @@ pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
         .parse::<bytesize::ByteSize>()
         .map(|size| size.as_u64())
         .map_err(|e| format!("invalid size {text:?}: {e} (examples: 0, 500MiB, 2GiB)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command, argument and option of every subcommand, with a
+    /// name: `--help` must say something about each.
+    #[test]
+    fn every_help_entry_has_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                if arg.is_hide_set() || arg.get_help().is_some() {
+                    continue;
+                }
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+            for sub in command.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut command = super::Cli::command();
+        command.build();
+        walk(&command, "kiln", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    /// Every command that lists or reports something has `--json`.
+    #[test]
+    fn every_listing_has_json() {
+        let command = super::Cli::command();
+        let find = |path: &[&str]| {
+            let mut at = &command;
+            for name in path {
+                at = at
+                    .find_subcommand(name)
+                    .unwrap_or_else(|| panic!("no command {path:?}"));
+            }
+            at.get_arguments().any(|arg| arg.get_id() == "json")
+        };
+        let listings: &[&[&str]] = &[
+            &["check"],
+            &["plan"],
+            &["builds"],
+            &["show"],
+            &["log"],
+            &["artifacts"],
+            &["store", "ls"],
+            &["store", "stats"],
+            &["store", "roots"],
+            &["image", "ls"],
+            &["cache", "ls"],
+            &["trust", "ls"],
+        ];
+        let without: Vec<_> = listings.iter().filter(|path| !find(path)).collect();
+        assert!(without.is_empty(), "no --json: {without:?}");
+    }
 }

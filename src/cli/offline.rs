@@ -33,6 +33,7 @@ pub struct FetchArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LockArgs {
+    /// The manifest [default: build.kiln, else .kiln/*.kiln, else .djinn.yml]
     #[arg(value_name = "MANIFEST")]
     pub manifest: Option<PathBuf>,
     #[command(flatten)]
@@ -58,6 +59,7 @@ pub enum BundleCommand {
     },
     /// Verify a bundle, add it to this store and write its project out
     Import {
+        /// The bundle file (`kiln bundle create` wrote it)
         file: PathBuf,
         /// Where the project goes [default: ./<bundle name>]
         #[arg(short = 'C', value_name = "DIR")]
@@ -169,10 +171,13 @@ pub fn fetch(store_dir: &Path, args: FetchArgs) -> anyhow::Result<ExitCode> {
         ) {
             Ok(stored) => {
                 fetched += 1;
-                println!(
+                crate::cli::outln!(
                     "fetched {} {} commit {} tree {}",
-                    stored.url, stored.reference, stored.commit, stored.tree
-                );
+                    stored.url,
+                    stored.reference,
+                    stored.commit,
+                    stored.tree
+                )?;
             }
             Err(error) => {
                 failed += 1;
@@ -316,7 +321,7 @@ pub fn bundle(store_dir: &Path, command: BundleCommand) -> anyhow::Result<ExitCo
                     report.untrusted_results
                 );
             }
-            println!("{}", report.manifest.display());
+            crate::cli::outln!("{}", report.manifest.display())?;
             let args: String = report
                 .args
                 .iter()

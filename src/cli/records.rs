@@ -47,6 +47,7 @@ pub struct BuildsArgs {
 pub struct ShowArgs {
     /// A build number or `last`
     pub build: BuildSelector,
+    /// Print the build, its jobs (with keys, logs, exit codes) and artifacts as JSON
     #[arg(long)]
     pub json: bool,
     /// Print the build's recorded events, one JSON envelope a line
@@ -68,6 +69,10 @@ pub struct LogArgs {
     pub follow: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
+    /// Print the log(s) as JSON: build, job, status and the log's text
+    /// (`null` for a job without one); an array without JOB
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +96,9 @@ pub enum ArtifactsCommand {
     Get {
         /// A build number or `last`
         build: BuildSelector,
+        /// The artifact's name (`kiln artifacts BUILD` lists them)
         name: String,
+        /// Where it goes: must not exist (a directory may exist if empty)
         #[arg(short, long, value_name = "PATH")]
         output: PathBuf,
         #[command(flatten)]
@@ -208,12 +215,7 @@ fn build_json(record: &BuildRecord) -> serde_json::Value {
     })
 }
 
-fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
+use crate::cli::print_json;
 
 /// Lays out rows under a header, columns two spaces apart.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -270,10 +272,10 @@ pub fn builds(dir: &Path, args: BuildsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!(
+    crate::cli::out!(
         "{}",
         table(&["BUILD", "STATUS", "STARTED", "DURATION", "PINNED"], &rows)
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -408,7 +410,7 @@ pub fn show(dir: &Path, args: ShowArgs) -> anyhow::Result<ExitCode> {
             record.id
         ));
     }
-    print!("{out}");
+    crate::cli::out!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -436,6 +438,9 @@ pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
     let store = open(dir)?;
     let record = resolve(store.as_ref(), args.build)?;
     let store = store.context("there is no build yet")?;
+    if args.json {
+        return log_json(&store, record.id, args.job.as_deref());
+    }
     if args.follow && !record.status.is_finished() {
         if let Some(name) = &args.job
             && store.build_job(record.id, name)?.is_none()
@@ -503,6 +508,42 @@ pub fn log(dir: &Path, args: LogArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `kiln log --json`: the job's log as text (lossy UTF-8) with its build,
+/// job and status; every job's, as an array, without a job.
+fn log_json(store: &Store, build: BuildId, job: Option<&str>) -> anyhow::Result<ExitCode> {
+    let jobs = store.build_jobs(build)?;
+    let entry = |job: &BuildJob| -> anyhow::Result<serde_json::Value> {
+        let text = match job.log {
+            Some(log) => {
+                let mut bytes = Vec::new();
+                write_blob(store, &log, &mut bytes)?;
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            None => None,
+        };
+        Ok(serde_json::json!({
+            "build": build.0,
+            "job": job.name,
+            "status": job.status,
+            "log": text,
+        }))
+    };
+    match job {
+        Some(name) => {
+            let Some(found) = jobs.iter().find(|job| job.name == name) else {
+                let known: Vec<&str> = jobs.iter().map(|job| job.name.as_str()).collect();
+                bail!(
+                    "build {build} has no job {name:?} (its jobs: {})",
+                    known.join(", ")
+                );
+            };
+            print_json(&entry(found)?)?;
+        }
+        None => print_json(&jobs.iter().map(entry).collect::<anyhow::Result<Vec<_>>>()?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
     if let Some(ArtifactsCommand::Get {
         build,
@@ -544,7 +585,7 @@ pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
                         "size": a.size,
                     })
                 })
-                .collect(),
+                .collect::<Vec<_>>(),
         )?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -563,7 +604,7 @@ pub fn artifacts(dir: &Path, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    print!("{}", table(&["NAME", "KIND", "SIZE", "DIGEST"], &rows));
+    crate::cli::out!("{}", table(&["NAME", "KIND", "SIZE", "DIGEST"], &rows))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -41,7 +41,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub inputs: crate::cli::manifest::ManifestInputs,
     /// Jobs running at once [default: the number of cores]
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_job_count)]
     pub jobs: Option<usize>,
     /// Run every job, even those with a cached result
     #[arg(long)]
@@ -82,9 +82,25 @@ pub struct KillArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum CacheCommand {
     /// List the build caches (`caches = [ { key; paths; } ]`)
-    Ls,
+    Ls {
+        /// Print the caches as JSON: key, digest, size, last use
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the cache saved under KEY
-    Rm { key: String },
+    Rm {
+        /// The cache's key (`kiln cache ls` lists them)
+        key: String,
+    },
+}
+
+/// `--jobs N`: at least 1 (0 would run nothing and wait forever).
+fn parse_job_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (how many jobs run at once)".into()),
+        Ok(count) => Ok(count),
+        Err(error) => Err(format!("{error} (a whole number of jobs, at least 1)")),
+    }
 }
 
 /// The manifest given, else `build.kiln`, else the only `.kiln/*.kiln`,
@@ -205,7 +221,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
             .collect(),
         manifest_digest: manifest_digest(&manifest),
         options: BuildOptions {
-            jobs: args.jobs.unwrap_or(cores).max(1),
+            jobs: args.jobs.unwrap_or(cores),
             no_cache: args.no_cache,
             check: args.check,
             log_limit: args.log_limit,
@@ -391,14 +407,29 @@ pub fn kill(store_dir: &Path, args: KillArgs) -> anyhow::Result<ExitCode> {
         nix::sys::signal::Signal::SIGTERM,
     )
     .with_context(|| format!("signalling process {pid}"))?;
-    println!("build {build}: sent SIGTERM to kiln process {pid}");
+    crate::cli::outln!("build {build}: sent SIGTERM to kiln process {pid}")?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn cache(store_dir: &Path, command: CacheCommand) -> anyhow::Result<ExitCode> {
     let mut store = Store::open(store_dir)?;
     match command {
-        CacheCommand::Ls => {
+        CacheCommand::Ls { json: true } => {
+            let caches: Vec<serde_json::Value> = store
+                .list_roots(Some(RootKind::Cache))?
+                .into_iter()
+                .map(|root| {
+                    serde_json::json!({
+                        "key": root.name,
+                        "digest": root.object.digest,
+                        "size": store.object_size(root.object).unwrap_or(0),
+                        "last_used": root.last_used,
+                    })
+                })
+                .collect();
+            crate::cli::print_json(&caches)?;
+        }
+        CacheCommand::Ls { json: false } => {
             let mut out = std::io::stdout().lock();
             for root in store.list_roots(Some(RootKind::Cache))? {
                 let size = store.object_size(root.object).unwrap_or(0);

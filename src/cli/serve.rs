@@ -67,7 +67,10 @@ pub enum TokenCommand {
     /// List the tokens: name, role, created
     Ls,
     /// Remove a token (a running server refuses it within 10 seconds)
-    Rm { name: String },
+    Rm {
+        /// The token's name (as `kiln serve token ls` lists it)
+        name: String,
+    },
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {

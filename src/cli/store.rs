@@ -34,6 +34,7 @@ fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
 pub enum StoreCommand {
     /// Add a file or directory; prints its digest and keeps it under a root
     Add {
+        /// The file or directory to add
         path: PathBuf,
         /// Root name to keep it under [default: its digest]
         #[arg(long)]
@@ -44,14 +45,20 @@ pub enum StoreCommand {
         /// Record overlayfs whiteouts and opaque directories (an output layer)
         #[arg(long)]
         layer: bool,
+        /// Print the digest, kind, size and root as JSON
         #[arg(long)]
         json: bool,
     },
     /// Write a blob's bytes to stdout
-    Cat { digest: String },
+    Cat {
+        /// The blob's digest (`blake3:<hex>`)
+        digest: String,
+    },
     /// Restore a tree into DIR (absent or empty), or a blob into the file DIR
     Restore {
+        /// The tree's or blob's digest (`blake3:<hex>`)
         digest: String,
+        /// Where it goes: a directory (absent or empty) for a tree, a new file for a blob
         dir: PathBuf,
         /// Recreate whiteouts (needs root) and opaque directories
         #[arg(long)]
@@ -59,12 +66,15 @@ pub enum StoreCommand {
     },
     /// List a tree's entries
     Ls {
+        /// The tree's digest (`blake3:<hex>`)
         digest: String,
+        /// Print the entries as JSON
         #[arg(long)]
         json: bool,
     },
     /// Show object counts, logical and stored bytes, and the dedup ratio
     Stats {
+        /// Print the statistics as JSON
         #[arg(long)]
         json: bool,
     },
@@ -73,11 +83,15 @@ pub enum StoreCommand {
         /// Only roots of this kind
         #[arg(long)]
         kind: Option<String>,
+        /// Print the roots as JSON
         #[arg(long)]
         json: bool,
     },
     /// Remove a named root (KIND/NAME); its data goes at the next gc
-    Unroot { root: String },
+    Unroot {
+        /// The root as KIND/NAME (`kiln store roots` lists them)
+        root: String,
+    },
     /// Drop old artifacts (newest kept per owner, pinned builds never) and
     /// least recently used cache entries, then sweep
     Curate {
@@ -87,6 +101,7 @@ pub enum StoreCommand {
         /// Cache bytes kept (job results, cache roots); 0 disables [default: 1GiB]
         #[arg(long, value_name = "SIZE")]
         cache_threshold: Option<String>,
+        /// Print what was dropped and swept as JSON
         #[arg(long)]
         json: bool,
     },
@@ -95,6 +110,7 @@ pub enum StoreCommand {
         /// Mark and sweep from all roots, repairing reference counts
         #[arg(long)]
         full: bool,
+        /// Print what was swept as JSON
         #[arg(long)]
         json: bool,
     },
@@ -103,18 +119,22 @@ pub enum StoreCommand {
         /// Remove orphans and temp files, mark roots whose data is gone
         #[arg(long)]
         repair: bool,
+        /// Print the report as JSON
         #[arg(long)]
         json: bool,
     },
     /// Write the closure of roots (KIND/NAME or blake3:<hex>) to a bundle
     Export {
+        /// Roots as KIND/NAME, or object digests (`blake3:<hex>`)
         #[arg(required = true)]
         roots: Vec<String>,
+        /// The bundle file to write
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
     /// Add what a bundle holds that the store lacks, with its roots
     Import {
+        /// The bundle file (`kiln store export` wrote it)
         file: PathBuf,
         /// Let the bundle's roots replace existing roots naming other objects
         #[arg(long)]

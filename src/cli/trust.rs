@@ -16,17 +16,30 @@ pub enum KeyCommand {
         name: String,
     },
     /// Print the public key of the signing key NAME (give it to `kiln trust add`)
-    Public { name: String },
+    Public {
+        /// The key's name, as given to `kiln key generate`
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TrustCommand {
     /// Trust a public key (`NAME:BASE64`, as `kiln key public` prints it)
-    Add { public_key: String },
+    Add {
+        /// `NAME:BASE64`, as `kiln key public NAME` prints it
+        public_key: String,
+    },
     /// List the trusted public keys
-    Ls,
+    Ls {
+        /// Print the keys as JSON: name and public key
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop trusting a key, by name or whole public key
-    Rm { key: String },
+    Rm {
+        /// The key's name, or its whole public key `NAME:BASE64`
+        key: String,
+    },
 }
 
 pub fn key(store_dir: &Path, command: KeyCommand) -> anyhow::Result<ExitCode> {
@@ -35,7 +48,7 @@ pub fn key(store_dir: &Path, command: KeyCommand) -> anyhow::Result<ExitCode> {
         KeyCommand::Generate { name } => keyring.generate(&name)?,
         KeyCommand::Public { name } => keyring.secret(&name)?.public(),
     };
-    println!("{public}");
+    crate::cli::outln!("{public}")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -50,9 +63,17 @@ pub fn trust(store_dir: &Path, command: TrustCommand) -> anyhow::Result<ExitCode
                 eprintln!("{key} was trusted already");
             }
         }
-        TrustCommand::Ls => {
+        TrustCommand::Ls { json: true } => {
+            let keys: Vec<serde_json::Value> = keyring
+                .trusted()?
+                .into_iter()
+                .map(|key| serde_json::json!({ "name": key.name, "public_key": key.to_string() }))
+                .collect();
+            crate::cli::print_json(&keys)?;
+        }
+        TrustCommand::Ls { json: false } => {
             for key in keyring.trusted()? {
-                println!("{key}");
+                crate::cli::outln!("{key}")?;
             }
         }
         TrustCommand::Rm { key } => {

@@ -9,6 +9,29 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{BuildStatus, Envelope, Event, EventError, Interceptor, JobStatus, build_status_label};
+use crate::color::{Tone, paint};
+
+/// The colour of a job status.
+fn job_tone(status: JobStatus) -> Tone {
+    match status {
+        JobStatus::Passed => Tone::Good,
+        JobStatus::Failed => Tone::Bad,
+        JobStatus::TimedOut | JobStatus::Killed => Tone::Warn,
+        JobStatus::Cached | JobStatus::Skipped | JobStatus::Queued | JobStatus::Running => {
+            Tone::Quiet
+        }
+    }
+}
+
+/// The colour of a build status.
+fn build_tone(status: BuildStatus) -> Tone {
+    match status {
+        BuildStatus::Passed => Tone::Good,
+        BuildStatus::Failed => Tone::Bad,
+        BuildStatus::PassedWithFailures | BuildStatus::Killed | BuildStatus::TimedOut => Tone::Warn,
+        BuildStatus::Queued | BuildStatus::Running => Tone::Quiet,
+    }
+}
 
 fn output_error(source: std::io::Error) -> EventError {
     EventError::Output {
@@ -23,6 +46,9 @@ pub struct PlainConsole<W: Write + Send> {
     /// Hide `job/output` lines.
     quiet: bool,
     tails: OutputTails,
+    /// For the summary that ends the lines, as the live view's does.
+    table: JobTable,
+    build: i64,
 }
 
 impl<W: Write + Send> PlainConsole<W> {
@@ -31,6 +57,8 @@ impl<W: Write + Send> PlainConsole<W> {
             out,
             quiet,
             tails: OutputTails::default(),
+            table: JobTable::default(),
+            build: 0,
         }
     }
 
@@ -45,6 +73,8 @@ impl<W: Write + Send> Interceptor for PlainConsole<W> {
     }
 
     fn intercept(&mut self, envelope: &Envelope) -> Result<(), EventError> {
+        self.build = envelope.build;
+        self.table.record(envelope);
         let tail = self.tails.record(envelope);
         let Some(line) = plain_line(&envelope.event, self.quiet) else {
             return Ok(());
@@ -58,6 +88,16 @@ impl<W: Write + Send> Interceptor for PlainConsole<W> {
 
     fn flush(&mut self) -> Result<(), EventError> {
         self.out.flush().map_err(output_error)
+    }
+
+    fn finish(&mut self) -> Result<(), EventError> {
+        if !self.table.rows().is_empty() || self.table.final_status.is_some() {
+            let summary = self.table.render(self.build, SUMMARY_LIMIT);
+            self.out
+                .write_all(summary.as_bytes())
+                .map_err(output_error)?;
+        }
+        self.flush()
     }
 }
 
@@ -76,14 +116,7 @@ pub fn plain_line(event: &Event, quiet: bool) -> Option<String> {
             duration_ms,
             message,
             ..
-        } => {
-            let mut line = format!("job {job}: {status} ({})", duration(*duration_ms));
-            if let Some(message) = message {
-                line.push_str(": ");
-                line.push_str(message);
-            }
-            line
-        }
+        } => failure_line(job, *status, *duration_ms, message.as_deref()),
         Event::JobSkipped { job, reason, .. } => format!("job {job}: skipped ({reason})"),
         Event::StageEnd { stage, status } if *status != BuildStatus::Passed => {
             format!("stage {stage}: {}", build_status_label(*status))
@@ -91,10 +124,15 @@ pub fn plain_line(event: &Event, quiet: bool) -> Option<String> {
         Event::Warning {
             job: Some(job),
             message,
-        } => format!("warning: job {job}: {message}"),
-        Event::Warning { job: None, message } => format!("warning: {message}"),
+        } => format!("{} job {job}: {message}", paint("warning:", Tone::Warn)),
+        Event::Warning { job: None, message } => {
+            format!("{} {message}", paint("warning:", Tone::Warn))
+        }
         Event::BuildStatusChanged { status } if status.is_finished() => {
-            format!("build {}", build_status_label(*status))
+            format!(
+                "build {}",
+                paint(build_status_label(*status), build_tone(*status))
+            )
         }
         Event::JobCheck {
             job,
@@ -106,6 +144,20 @@ pub fn plain_line(event: &Event, quiet: bool) -> Option<String> {
         } => check_lines(job, *outcome, output, artifacts, reason.as_deref()),
         _ => return None,
     })
+}
+
+/// `job compile: failed (1.2s): the job script exited with 1`.
+fn failure_line(job: &str, status: JobStatus, duration_ms: u64, message: Option<&str>) -> String {
+    let mut line = format!(
+        "job {job}: {} ({})",
+        paint(status.label(), job_tone(status)),
+        duration(duration_ms)
+    );
+    if let Some(message) = message {
+        line.push_str(": ");
+        line.push_str(message);
+    }
+    line
 }
 
 /// `job stamp: NOT reproducible: 1 path differs`, then one indented line
@@ -337,11 +389,14 @@ impl JobTable {
                 } else {
                     "no"
                 };
+                // Padded first: escape codes have no width.
+                let status = paint(
+                    &format!("{:status_w$}", row.status.label()),
+                    job_tone(row.status),
+                );
                 out.push_str(&format!(
-                    "{:job_w$}  {:stage_w$}  {:status_w$}  {took:>8}  {cached}\n",
-                    row.job,
-                    row.stage,
-                    row.status.label()
+                    "{:job_w$}  {:stage_w$}  {status}  {took:>8}  {cached}\n",
+                    row.job, row.stage,
                 ));
             }
         }
@@ -352,7 +407,7 @@ impl JobTable {
         let mut line = format!("build {build}");
         if let Some(status) = self.final_status {
             line.push(' ');
-            line.push_str(build_status_label(status));
+            line.push_str(&paint(build_status_label(status), build_tone(status)));
         }
         if let (Some(start), Some(end)) = (self.started_ms, self.ended_ms) {
             line.push_str(&format!(" in {}", duration((end - start).max(0) as u64)));
@@ -361,9 +416,15 @@ impl JobTable {
             ": {} passed, {} cached, {} failed, {} skipped",
             count(JobStatus::Passed),
             count(JobStatus::Cached),
-            count(JobStatus::Failed) + count(JobStatus::TimedOut) + count(JobStatus::Killed),
+            count(JobStatus::Failed),
             count(JobStatus::Skipped)
         ));
+        // Stopped jobs did not fail: they are counted apart, when there are any.
+        for status in [JobStatus::TimedOut, JobStatus::Killed] {
+            if count(status) > 0 {
+                line.push_str(&format!(", {} {}", count(status), status.label()));
+            }
+        }
         out.push_str(&line);
         out.push('\n');
         out
@@ -380,9 +441,52 @@ pub struct LiveConsole {
     running: HashMap<String, ProgressBar>,
     table: JobTable,
     tails: OutputTails,
+    echo: QuietControlEcho,
     build: i64,
     quiet: bool,
     done: u64,
+}
+
+/// While the live view is on screen, the terminal echoes control keys raw
+/// instead of as `^C`: the view pads every line to the terminal's width,
+/// so a two-column `^C` wrapped onto a line of its own that the view did
+/// not know about, and a stale progress line stayed on screen after
+/// Ctrl-C. Restored when the view ends (finish or drop).
+struct QuietControlEcho {
+    saved: Option<libc::termios>,
+}
+
+impl QuietControlEcho {
+    fn engage() -> Self {
+        // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr/tcsetattr read and write one termios for fd 2.
+        let saved = unsafe {
+            if libc::tcgetattr(libc::STDERR_FILENO, &mut saved) != 0 {
+                return Self { saved: None };
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHOCTL;
+            if libc::tcsetattr(libc::STDERR_FILENO, libc::TCSANOW, &quiet) != 0 {
+                return Self { saved: None };
+            }
+            saved
+        };
+        Self { saved: Some(saved) }
+    }
+
+    fn restore(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            // SAFETY: writes back the termios read by `engage`.
+            unsafe { libc::tcsetattr(libc::STDERR_FILENO, libc::TCSANOW, &saved) };
+        }
+    }
+}
+
+impl Drop for QuietControlEcho {
+    fn drop(&mut self) {
+        self.restore();
+    }
 }
 
 impl LiveConsole {
@@ -393,6 +497,7 @@ impl LiveConsole {
             running: HashMap::new(),
             table: JobTable::default(),
             tails: OutputTails::default(),
+            echo: QuietControlEcho::engage(),
             build: 0,
             quiet,
             done: 0,
@@ -471,11 +576,7 @@ impl Interceptor for LiveConsole {
             } => {
                 self.finish_job(job);
                 if !status.is_success() {
-                    let mut line = format!("job {job}: {status} ({})", duration(*duration_ms));
-                    if let Some(message) = message {
-                        line.push_str(": ");
-                        line.push_str(message);
-                    }
+                    let mut line = failure_line(job, *status, *duration_ms, message.as_deref());
                     if let Some(tail) = tail {
                         line.push('\n');
                         line.push_str(tail.trim_end());
@@ -501,6 +602,7 @@ impl Interceptor for LiveConsole {
             bar.finish_and_clear();
         }
         self.multi.clear().map_err(output_error)?;
+        self.echo.restore();
         let summary = self.table.render(self.build, SUMMARY_LIMIT);
         let mut stderr = std::io::stderr().lock();
         stderr.write_all(summary.as_bytes()).map_err(output_error)?;

@@ -88,40 +88,54 @@ impl KeyInputs {
     /// The components that differ from `previous`, in encoding order, each
     /// with a short human description.
     pub fn changes_since(&self, previous: &KeyInputs) -> Vec<String> {
-        let mut changes = Vec::new();
+        self.changes(previous)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// The components that differ from `previous`, in encoding order; the
+    /// ones `kiln explain` looks into (files, upstream outputs, the image)
+    /// keep both digests.
+    pub fn changes(&self, previous: &KeyInputs) -> Vec<KeyChange> {
+        let mut changes: Vec<KeyChange> = Vec::new();
         if self.version != previous.version {
-            changes.push(format!(
+            changes.push(KeyChange::Other(format!(
                 "key format version: {} → {}",
                 previous.version, self.version
-            ));
+            )));
         }
         if self.driver != previous.driver {
             let (old, new) = (&previous.driver, &self.driver);
             if old.kind != new.kind {
-                changes.push(format!("driver type: {} → {}", old.kind, new.kind));
+                changes.push(KeyChange::Other(format!(
+                    "driver type: {} → {}",
+                    old.kind, new.kind
+                )));
             }
             if old.image != new.image {
-                changes.push(format!(
-                    "driver image: {} → {}",
-                    show(old.image.as_ref()),
-                    show(new.image.as_ref())
-                ));
+                changes.push(KeyChange::Image {
+                    before: old.image,
+                    now: new.image,
+                });
             }
             if old.kernel != new.kernel {
-                changes.push("driver kernel changed".to_owned());
+                changes.push(KeyChange::Other("driver kernel changed".to_owned()));
             }
             if (old.memory, old.cpus, old.pids) != (new.memory, new.cpus, new.pids) {
-                changes.push("driver limits (memory/cpus/pids) changed".to_owned());
+                changes.push(KeyChange::Other(
+                    "driver limits (memory/cpus/pids) changed".to_owned(),
+                ));
             }
             if old.workspace != new.workspace {
-                changes.push(format!(
+                changes.push(KeyChange::Other(format!(
                     "driver workspace: {:?} → {:?}",
                     old.workspace, new.workspace
-                ));
+                )));
             }
         }
         if self.script != previous.script {
-            changes.push("script (commands) changed".to_owned());
+            changes.push(KeyChange::Other("script (commands) changed".to_owned()));
         }
         if self.env != previous.env {
             let old: std::collections::BTreeMap<_, _> = previous.env.iter().cloned().collect();
@@ -132,44 +146,89 @@ impl KeyInputs {
             for name in names {
                 match (old.get(name), new.get(name)) {
                     (Some(a), Some(b)) if a != b => {
-                        changes.push(format!("env {name}: {a:?} → {b:?}"));
+                        changes.push(KeyChange::Other(format!("env {name}: {a:?} → {b:?}")));
                     }
-                    (Some(_), None) => changes.push(format!("env {name} removed")),
-                    (None, Some(b)) => changes.push(format!("env {name} added: {b:?}")),
+                    (Some(_), None) => {
+                        changes.push(KeyChange::Other(format!("env {name} removed")))
+                    }
+                    (None, Some(b)) => {
+                        changes.push(KeyChange::Other(format!("env {name} added: {b:?}")))
+                    }
                     _ => {}
                 }
             }
         }
         if self.base_layer != previous.base_layer {
-            changes.push(format!(
-                "sources/objects it sees (base layer): {} → {}",
-                previous.base_layer, self.base_layer
-            ));
+            changes.push(KeyChange::Files {
+                before: previous.base_layer,
+                now: self.base_layer,
+            });
         }
         if self.deps != previous.deps {
             let old_names: Vec<&str> = previous.deps.iter().map(|d| d.job.as_str()).collect();
             let new_names: Vec<&str> = self.deps.iter().map(|d| d.job.as_str()).collect();
             if old_names != new_names {
-                changes.push(format!(
+                changes.push(KeyChange::Other(format!(
                     "upstream jobs: [{}] → [{}]",
                     old_names.join(", "),
                     new_names.join(", ")
-                ));
+                )));
             } else {
                 for (old, new) in previous.deps.iter().zip(&self.deps) {
                     if old.output != new.output {
-                        changes.push(format!(
-                            "output of upstream job {}: {} → {}",
-                            new.job, old.output, new.output
-                        ));
+                        changes.push(KeyChange::UpstreamOutput {
+                            job: new.job.clone(),
+                            before: old.output,
+                            now: new.output,
+                        });
                     }
                 }
             }
         }
         if self.artifacts != previous.artifacts {
-            changes.push("declared artifacts changed".to_owned());
+            changes.push(KeyChange::Other("declared artifacts changed".to_owned()));
         }
         changes
+    }
+}
+
+/// One key component that differs from an earlier run's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyChange {
+    /// The (narrowed) sources and objects the job sees: two trees.
+    Files { before: B3Digest, now: B3Digest },
+    /// An upstream job's output layer: two trees.
+    UpstreamOutput {
+        job: String,
+        before: B3Digest,
+        now: B3Digest,
+    },
+    /// The driver's image: two image trees, or two host fingerprints.
+    Image {
+        before: Option<B3Digest>,
+        now: Option<B3Digest>,
+    },
+    /// Anything else, already in words.
+    Other(String),
+}
+
+impl std::fmt::Display for KeyChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyChange::Files { before, now } => {
+                write!(f, "sources/objects it sees (base layer): {before} → {now}")
+            }
+            KeyChange::UpstreamOutput { job, before, now } => {
+                write!(f, "output of upstream job {job}: {before} → {now}")
+            }
+            KeyChange::Image { before, now } => write!(
+                f,
+                "driver image: {} → {}",
+                show(before.as_ref()),
+                show(now.as_ref())
+            ),
+            KeyChange::Other(text) => f.write_str(text),
+        }
     }
 }
 

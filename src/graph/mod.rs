@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use kiln_grammar::manifest::{Job, Manifest};
 
-pub use key::{DepKey, DriverKey, KEY_FORMAT_VERSION, KeyInputs};
+pub use key::{DepKey, DriverKey, KEY_FORMAT_VERSION, KeyChange, KeyInputs};
 
 /// Why a manifest cannot become a graph. The grammar already rejects
 /// unknown names and cycles, so these only guard the invariants.

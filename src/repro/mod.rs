@@ -4,6 +4,7 @@
 //! (`kiln provenance`). See docs/reproducibility.md.
 
 pub mod compare;
+pub mod explain;
 pub mod provenance;
 
 use serde::{Deserialize, Serialize};

@@ -32,15 +32,19 @@ pub fn is_provenance(name: &str) -> bool {
     name == PROVENANCE_ARTIFACT
 }
 
-/// `<repository>/build-types/run/v1`: what `externalParameters` mean.
-pub fn build_type() -> String {
-    format!("{}/build-types/run/v1", env!("CARGO_PKG_REPOSITORY"))
-}
+/// What `externalParameters` and `internalParameters` mean: documented in
+/// docs/reproducibility.md under "Build type: run-v1".
+pub const BUILD_TYPE: &str = concat!(
+    env!("CARGO_PKG_REPOSITORY"),
+    "/blob/main/docs/reproducibility.md#build-type-run-v1"
+);
 
-/// The builder: a local `kiln run`.
-pub fn builder_id() -> String {
-    format!("{}/builders/local", env!("CARGO_PKG_REPOSITORY"))
-}
+/// The builder, a local `kiln run`: documented in docs/reproducibility.md
+/// under "Builder: local".
+pub const BUILDER_ID: &str = concat!(
+    env!("CARGO_PKG_REPOSITORY"),
+    "/blob/main/docs/reproducibility.md#builder-local"
+);
 
 /// A manifest file as read by the run (the manifest and its imports).
 #[derive(Clone, Debug)]
@@ -219,7 +223,7 @@ pub fn statement(
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
-                "buildType": build_type(),
+                "buildType": BUILD_TYPE,
                 "externalParameters": {
                     "manifest": invocation.manifest.display().to_string(),
                     "args": invocation.args,
@@ -233,7 +237,7 @@ pub fn statement(
             },
             "runDetails": {
                 "builder": {
-                    "id": builder_id(),
+                    "id": BUILDER_ID,
                     "version": { "kiln": env!("CARGO_PKG_VERSION") },
                 },
                 "metadata": metadata,

@@ -330,7 +330,7 @@ async fn run_in(
         }
     }
     let mut resolved = Vec::new();
-    for result in sources {
+    for (source, result) in manifest.sources.iter().zip(sources) {
         match result {
             Ok(source) => {
                 emitter.emit(Event::SourceResolved {
@@ -342,8 +342,14 @@ async fn run_in(
                 resolved.push(source);
             }
             Err(error) => {
+                // Resolving a source is a job of its own (design §5),
+                // named after the source as written, like `driver:NAME`.
+                let label = match source {
+                    kiln_grammar::manifest::Source::Path { path, .. } => &path.relative,
+                    kiln_grammar::manifest::Source::Git { url, .. } => url,
+                };
                 emitter.emit(Event::JobEnd {
-                    job: "source".into(),
+                    job: format!("source:{label}"),
                     stage: "sources".into(),
                     status: JobStatus::Failed,
                     duration_ms: 0,

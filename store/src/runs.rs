@@ -361,6 +361,24 @@ impl Store {
         raw.map(parse_job).transpose()
     }
 
+    /// The newest run of `job` before `build` in a build of the same
+    /// manifest that recorded the job's key inputs (it ran or was cached):
+    /// what `kiln explain JOB --build N` compares with.
+    pub fn previous_job_run(&self, build: BuildId, job: &str) -> Result<Option<BuildJob>> {
+        let raw = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {BUILD_JOB_COLUMNS} FROM build_jobs \
+                 WHERE name = ?2 AND build < ?1 AND key_inputs IS NOT NULL \
+                 AND build IN (SELECT id FROM builds \
+                     WHERE manifest = (SELECT manifest FROM builds WHERE id = ?1)) \
+                 ORDER BY build DESC LIMIT 1"
+            ))?
+            .query_row(params![build.0, job], raw_job)
+            .optional()?;
+        raw.map(parse_job).transpose()
+    }
+
     /// The recorded events of `build`, in sequence.
     pub fn build_events(&self, build: BuildId) -> Result<Vec<StoredEvent>> {
         let mut stmt = self

@@ -551,9 +551,16 @@ impl Converter<'_> {
                 let Data::Path(path) = &path_node.data else {
                     return Err(self.cx.mismatch(path_node, "a path literal"));
                 };
+                // `dir = "app/"` (a trailing slash) places the path inside
+                // `app`, under its own name; `dir = "app"` places it as `app`.
                 let dir = attrs
                     .get("dir")
-                    .map(|dir| self.dir(&dir.value))
+                    .map(|dir| {
+                        let text = self.cx.string(&dir.value)?;
+                        let inside = text.ends_with('/');
+                        self.checked_dir(&text, dir.value.span)
+                            .map(|dir| (dir, inside))
+                    })
                     .transpose()?;
                 self.path_source(path, dir, node.span)
             }
@@ -591,11 +598,24 @@ impl Converter<'_> {
         }
     }
 
-    fn path_source(&mut self, path: &Path, dir: Option<String>, span: Span) -> Checked<Source> {
+    /// A path source; `dir` is where it lands and whether it goes inside
+    /// that directory (`"app/"`: `app/<its name>`) or is that path (`"app"`).
+    fn path_source(
+        &mut self,
+        path: &Path,
+        dir: Option<(String, bool)>,
+        span: Span,
+    ) -> Checked<Source> {
         let path = LocalPath::new(path, self.manifest_dir);
+        let project_root = path.absolute == self.manifest_dir;
         let dir = match dir {
-            Some(dir) => dir,
-            None if path.absolute == self.manifest_dir => ".".to_string(),
+            Some((dir, true)) if !project_root => match path.base_name() {
+                Some(name) if dir == "." => name,
+                Some(name) => format!("{dir}/{name}"),
+                None => dir,
+            },
+            Some((dir, _)) => dir,
+            None if project_root => ".".to_string(),
             None => match path.base_name() {
                 Some(name) => name,
                 None => {
