@@ -191,6 +191,7 @@ fn a_version_1_store_is_migrated_and_keeps_its_builds() {
              ALTER TABLE chunks_v1 RENAME TO chunks;
              CREATE INDEX chunks_unreferenced ON chunks(digest) WHERE refs <= 0;
              DROP TABLE build_jobs; DROP TABLE events; DROP TABLE key_history;
+             DROP TABLE submissions; DROP TABLE tokens; DROP INDEX builds_by_status;
              ALTER TABLE builds DROP COLUMN manifest;
              ALTER TABLE builds DROP COLUMN pid;
              ALTER TABLE builds DROP COLUMN host;
