@@ -332,6 +332,12 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A duration such as `30d`, `12h`, `2weeks` or `0s` (a clap value parser).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 30d, 12h, 2weeks, 0s)"))
+}
+
 /// A size such as `0`, `500MiB` or `2GiB`, in bytes (a clap value parser).
 pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
     text.trim()
