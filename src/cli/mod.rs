@@ -87,7 +87,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show each job of a build with its key and whether it would run or be cached
     Plan(plan::PlanArgs),
-    /// Say which key component of a job changed since its last run
+    /// Why a job will run or come from the cache, down to the files that changed (--build N: why it ran then)
     Explain(plan::ExplainArgs),
     /// Stop a running build (Killed)
     Kill(run::KillArgs),
@@ -97,7 +97,7 @@ pub enum Command {
     /// Import, list and remove container images
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// List builds: number, status, start, duration
+    /// List builds: number, status, start, duration; `rm` or `prune` their records
     Builds(records::BuildsArgs),
     /// Show a build's jobs: status, duration, cached or not
     Show(records::ShowArgs),
