@@ -228,6 +228,20 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
+    // `kiln run --json | head`: the build goes on, and no pipe error is shown.
+    let mut child = project
+        .kiln()
+        .args(["run", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    assert!(stderr.contains("build 2 failed in "), "{stderr}");
 }
 
 #[test]
@@ -536,4 +550,161 @@ fn a_file_source_lands_as_dir_or_inside_a_dir_ending_in_a_slash() {
     let run = project.run(&[]);
     assert_eq!(run.code, 0, "{}", run.describe());
     assert_eq!(run.status("look"), "passed");
+}
+
+/// A directory holding a busybox root (busybox-static, scripts/test.sh).
+fn busybox_root(at: &std::path::Path) -> std::path::PathBuf {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|path| path.is_file())
+        .expect("busybox-static is installed (scripts/test.sh)");
+    let root = at.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "true", "echo"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}
+
+#[test]
+fn the_store_accounts_for_every_byte_and_gc_drops_materialised_images() {
+    let project = Project::new(
+        r#"{
+  driver = { type = "container"; image = "tiny"; };
+  stages = [ "s" ];
+  jobs = { hi = { stage = "s"; commands = [ "echo hi" ]; }; };
+}"#,
+    );
+    let root = busybox_root(project.dir.path());
+    let ok = |args: &[&str]| -> String {
+        let output = project.kiln().args(args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    ok(&["image", "import", "tiny", root.to_str().unwrap()]);
+    let run = project.run(&[]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let cache = project.store.join("image-cache");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+
+    // `store stats` counts the materialised image with everything else.
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&["store", "stats", "--json"])).unwrap();
+    let parts = stats["disk"]["parts"].as_array().unwrap();
+    let part = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p[0] == name)
+            .and_then(|p| p[1].as_u64())
+            .unwrap_or_else(|| panic!("no {name} in {parts:?}"))
+    };
+    assert!(part("image-cache") > 1_000_000, "busybox is restored there");
+    assert!(part("chunks") > 0 && part("index.sqlite") > 0);
+    let total = stats["disk"]["total"].as_u64().unwrap();
+    let du = Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(&project.store)
+        .output()
+        .unwrap();
+    let du: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // As du counts it, but for what the index's write-ahead log changed
+    // between the two commands.
+    assert!(
+        total.abs_diff(du) < 256 * 1024,
+        "every byte under the store: {total} counted, du says {du}"
+    );
+    assert!(ok(&["store", "stats"]).contains("image-cache"));
+
+    // Used recently and still imported: kept.
+    let kept = ok(&["store", "gc"]);
+    assert!(kept.contains("materialised images: removed 0"), "{kept}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    // Its image removed: gc drops the materialised copy too.
+    ok(&["image", "rm", "tiny"]);
+    let dropped = ok(&["store", "gc"]);
+    assert!(dropped.contains("(its image is gone,"), "{dropped}");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
+
+    // Unused past the threshold: dropped as well (it is rebuilt on demand).
+    ok(&["image", "import", "tiny", root.to_str().unwrap()]);
+    assert_eq!(project.run(&["--no-cache"]).code, 0);
+    let unused = ok(&["store", "gc", "--unused-for", "0s"]);
+    assert!(unused.contains("(unused,"), "{unused}");
+    assert_eq!(project.run(&["--no-cache"]).code, 0, "materialised again");
+}
+
+#[test]
+fn builds_rm_and_prune_delete_records_but_never_pinned_or_running_builds() {
+    let project = Project::new(FAILING);
+    for _ in 0..3 {
+        project.kiln().arg("run").output().unwrap();
+    }
+    let kiln = |args: &[&str]| project.kiln().args(args).output().unwrap();
+    assert_eq!(kiln(&["pin", "2"]).status.code(), Some(0));
+    let pinned = kiln(&["builds", "rm", "2"]);
+    assert_eq!(pinned.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&pinned.stderr).contains("build 2 is pinned"));
+    let removed = kiln(&["builds", "rm", "1"]);
+    assert_eq!(removed.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&removed.stdout),
+        "deleted build 1\n"
+    );
+    assert_eq!(kiln(&["show", "1"]).status.code(), Some(1));
+    let log = kiln(&["log", "3", "bad"]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("line 30"));
+
+    // Prune: nothing is that old; then everything finished and unpinned.
+    let none = kiln(&["builds", "prune", "--older-than", "1day"]);
+    assert_eq!(String::from_utf8_lossy(&none.stdout), "");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let dry = kiln(&["builds", "prune", "--older-than", "1ms", "--dry-run"]);
+    assert_eq!(
+        String::from_utf8_lossy(&dry.stdout),
+        "would delete build 3\n"
+    );
+    let pruned = kiln(&["builds", "prune", "--older-than", "1ms"]);
+    assert_eq!(String::from_utf8_lossy(&pruned.stdout), "deleted build 3\n");
+    let left: serde_json::Value =
+        serde_json::from_slice(&kiln(&["builds", "--json"]).stdout).unwrap();
+    assert_eq!(left.as_array().unwrap().len(), 1, "the pinned build stays");
+    // What they alone kept goes at the next gc, and fsck finds the store sound.
+    assert_eq!(kiln(&["store", "gc"]).status.code(), Some(0));
+    assert_eq!(kiln(&["store", "fsck"]).status.code(), Some(0));
+
+    // A running build is refused.
+    let sleeper = Project::new(SLEEPERS);
+    let mut running = sleeper.kiln().arg("run").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let refused = sleeper.kiln().args(["builds", "rm", "1"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("build 1 is running"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    sleeper.kiln().args(["kill", "1"]).output().unwrap();
+    running.wait().unwrap();
+    assert_eq!(
+        sleeper
+            .kiln()
+            .args(["builds", "rm", "1"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
 }

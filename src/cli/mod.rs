@@ -91,7 +91,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show each job of a build with its key and whether it would run or be cached
     Plan(plan::PlanArgs),
-    /// Say which key component of a job changed since its last run
+    /// Why a job will run or come from the cache, down to the files that changed (--build N: why it ran then)
     Explain(plan::ExplainArgs),
     /// Stop a running build (Killed)
     Kill(run::KillArgs),
@@ -101,7 +101,7 @@ pub enum Command {
     /// Import, list and remove container images
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// List builds: number, status, start, duration
+    /// List builds: number, status, start, duration; `rm` or `prune` their records
     Builds(records::BuildsArgs),
     /// Show a build's jobs: status, duration, cached or not
     Show(records::ShowArgs),
@@ -345,6 +345,12 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// A duration such as `30d`, `12h`, `2weeks` or `0s` (a clap value parser).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: 30d, 12h, 2weeks, 0s)"))
 }
 
 /// A size such as `0`, `500MiB` or `2GiB`, in bytes (a clap value parser).

@@ -35,12 +35,36 @@ impl std::str::FromStr for BuildSelector {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BuildsArgs {
+    #[command(subcommand)]
+    pub command: Option<BuildsCommand>,
     /// Print the builds as JSON
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildsCommand {
+    /// Delete builds' records: jobs, events, logs and artifacts (never a
+    /// running or pinned build); their data goes at the next gc
+    Rm {
+        /// Build numbers, or `last`
+        #[arg(required = true)]
+        builds: Vec<BuildSelector>,
+    },
+    /// Delete the records of every finished, unpinned build that ended
+    /// longer ago than DURATION
+    Prune {
+        /// How old a build must be: `30d`, `12h`, `2weeks`
+        #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_duration)]
+        older_than: std::time::Duration,
+        /// List what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -242,7 +266,60 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `kiln builds rm` and `kiln builds prune`.
+fn delete_builds(dir: &Path, command: BuildsCommand) -> anyhow::Result<ExitCode> {
+    let Some(mut store) = open(dir)? else {
+        bail!("there is no build yet");
+    };
+    let ids: Vec<BuildId> = match command {
+        BuildsCommand::Rm { builds } => builds
+            .into_iter()
+            .map(|selector| resolve(Some(&store), selector).map(|record| record.id))
+            .collect::<anyhow::Result<_>>()?,
+        BuildsCommand::Prune {
+            older_than,
+            dry_run,
+        } => {
+            let cutoff = crate::events::now_ms() - older_than.as_millis() as i64;
+            let ids = store.builds_finished_before(cutoff)?;
+            if dry_run {
+                for id in &ids {
+                    crate::cli::outln!("would delete build {id}")?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            ids
+        }
+    };
+    let mut refused = 0;
+    for id in &ids {
+        match store.delete_build(*id) {
+            Ok(()) => crate::cli::outln!("deleted build {id}")?,
+            Err(
+                error @ (kiln_store::StoreError::BuildRunning(_)
+                | kiln_store::StoreError::BuildPinned(_)),
+            ) => {
+                eprintln!("error: {error}");
+                refused += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    eprintln!(
+        "deleted {} build(s); `kiln store gc` frees their logs and artifacts",
+        ids.len() - refused
+    );
+    Ok(if refused > 0 {
+        ExitCode::from(crate::cli::EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 pub fn builds(dir: &Path, args: BuildsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(command) = args.command {
+        return delete_builds(dir, command);
+    }
     let records = match args.remote.remote()? {
         Some(remote) => remote.builds()?,
         None => match &open(dir)? {

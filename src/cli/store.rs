@@ -105,11 +105,16 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete unreferenced objects
+    /// Delete unreferenced objects, then materialised images (image-cache/,
+    /// vm-cache/images/) whose image is gone or that were unused too long
     Gc {
         /// Mark and sweep from all roots, repairing reference counts
         #[arg(long)]
         full: bool,
+        /// Drop materialised images no build used for this long (`30d`,
+        /// `12h`; `0s` drops them all: they are rebuilt when needed)
+        #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = crate::cli::parse_duration)]
+        unused_for: std::time::Duration,
         /// Print what was swept as JSON
         #[arg(long)]
         json: bool,
@@ -223,8 +228,13 @@ pub fn run(dir: &Path, command: StoreCommand) -> anyhow::Result<ExitCode> {
         }
         StoreCommand::Stats { json } => {
             let stats = store.stats()?;
+            let disk = store.disk_usage()?;
             if json {
-                print_json(&stats)?;
+                let mut value = serde_json::to_value(&stats)?;
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("disk".into(), serde_json::to_value(&disk)?);
+                }
+                print_json(&value)?;
             } else {
                 outln!("chunks        {}", stats.chunks);
                 outln!("blobs         {}", stats.blobs);
@@ -252,6 +262,15 @@ pub fn run(dir: &Path, command: StoreCommand) -> anyhow::Result<ExitCode> {
                     bytes(stats.stored_bytes)
                 );
                 outln!("dedup ratio   {:.2}", stats.dedup_ratio);
+                outln!(
+                    "on disk       {} ({}), everything under {}:",
+                    disk.total,
+                    bytes(disk.total),
+                    dir.display()
+                );
+                for (part, size) in &disk.parts {
+                    outln!("  {:<14}{}", part, bytes(*size));
+                }
             }
         }
         StoreCommand::Roots { kind, json } => {
@@ -313,17 +332,26 @@ pub fn run(dir: &Path, command: StoreCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        StoreCommand::Gc { full, json } => {
+        StoreCommand::Gc {
+            full,
+            unused_for,
+            json,
+        } => {
             let (sweep, repaired) = if full {
                 let report = store.gc_full()?;
                 (report.sweep, Some(report.refcounts_repaired))
             } else {
                 (store.sweep()?, None)
             };
+            // After the sweep: an image whose tree was swept is gone.
+            let caches = crate::image::cache::collect(&mut store, unused_for)?;
             if json {
                 let mut value = serde_json::to_value(&sweep)?;
-                if let (Some(repaired), Some(map)) = (repaired, value.as_object_mut()) {
-                    map.insert("refcounts_repaired".into(), repaired.into());
+                if let Some(map) = value.as_object_mut() {
+                    if let Some(repaired) = repaired {
+                        map.insert("refcounts_repaired".into(), repaired.into());
+                    }
+                    map.insert("materialised".into(), serde_json::to_value(&caches)?);
                 }
                 print_json(&value)?;
             } else {
@@ -337,6 +365,23 @@ pub fn run(dir: &Path, command: StoreCommand) -> anyhow::Result<ExitCode> {
                 match repaired {
                     Some(n) => outln!("; repaired {n} reference counts"),
                     None => outln!(),
+                }
+                for removed in &caches.removed {
+                    outln!(
+                        "removed {} ({}, {})",
+                        removed.path,
+                        removed.reason,
+                        bytes(removed.bytes)
+                    );
+                }
+                match &caches.skipped {
+                    Some(why) => outln!("materialised images: not collected ({why})"),
+                    None => outln!(
+                        "materialised images: removed {}, freed {}; kept {}",
+                        caches.removed.len(),
+                        bytes(caches.bytes_freed),
+                        caches.kept
+                    ),
                 }
             }
         }
@@ -513,6 +558,7 @@ fn bytes(n: u64) -> String {
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    // Through `out!`: a closed pipe exits quietly here too.
     outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

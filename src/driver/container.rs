@@ -17,7 +17,7 @@ use crate::sandbox::{
 };
 
 /// Where imported images are restored for the sandbox, inside the store.
-pub const IMAGE_CACHE: &str = "image-cache";
+pub const IMAGE_CACHE: &str = crate::image::cache::IMAGE_CACHE;
 
 #[derive(Clone, Debug)]
 pub struct ContainerDriver {

@@ -441,22 +441,23 @@ pub struct LiveConsole {
     running: HashMap<String, ProgressBar>,
     table: JobTable,
     tails: OutputTails,
-    echo: QuietControlEcho,
+    echo: QuietControlKeys,
     build: i64,
     quiet: bool,
     done: u64,
 }
 
 /// While the live view is on screen, the terminal echoes control keys raw
-/// instead of as `^C`: the view pads every line to the terminal's width,
-/// so a two-column `^C` wrapped onto a line of its own that the view did
-/// not know about, and a stale progress line stayed on screen after
-/// Ctrl-C. Restored when the view ends (finish or drop).
-struct QuietControlEcho {
+/// instead of as `^C` (`ECHOCTL` off): the view pads every line to the
+/// terminal's width, so a two-column `^C` wrapped onto a line of its own
+/// that the view did not know about, and a stale progress line stayed on
+/// screen after Ctrl-C; and Ctrl-C does not flush pending output
+/// (`NOFLSH`). Restored when the view ends (finish or drop).
+struct QuietControlKeys {
     saved: Option<libc::termios>,
 }
 
-impl QuietControlEcho {
+impl QuietControlKeys {
     fn engage() -> Self {
         // SAFETY: an all-zero termios is a valid value for tcgetattr to fill.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
@@ -467,6 +468,10 @@ impl QuietControlEcho {
             }
             let mut quiet = saved;
             quiet.c_lflag &= !libc::ECHOCTL;
+            // Nor may Ctrl-C discard the output the terminal has not
+            // shown yet: half a redraw lost leaves the view's idea of
+            // the cursor wrong, and a line it prints next overwritten.
+            quiet.c_lflag |= libc::NOFLSH;
             if libc::tcsetattr(libc::STDERR_FILENO, libc::TCSANOW, &quiet) != 0 {
                 return Self { saved: None };
             }
@@ -483,7 +488,7 @@ impl QuietControlEcho {
     }
 }
 
-impl Drop for QuietControlEcho {
+impl Drop for QuietControlKeys {
     fn drop(&mut self) {
         self.restore();
     }
@@ -497,7 +502,7 @@ impl LiveConsole {
             running: HashMap::new(),
             table: JobTable::default(),
             tails: OutputTails::default(),
-            echo: QuietControlEcho::engage(),
+            echo: QuietControlKeys::engage(),
             build: 0,
             quiet,
             done: 0,

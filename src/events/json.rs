@@ -6,6 +6,9 @@ use super::{Envelope, EventError, Interceptor};
 
 pub struct JsonLines<W: Write + Send> {
     out: std::io::BufWriter<W>,
+    /// The reader went away (`kiln run --json | head`): not an error, and
+    /// nothing more is written.
+    closed: bool,
 }
 
 impl JsonLines<std::io::Stdout> {
@@ -18,6 +21,7 @@ impl<W: Write + Send> JsonLines<W> {
     pub fn new(out: W) -> Self {
         Self {
             out: std::io::BufWriter::new(out),
+            closed: false,
         }
     }
 
@@ -35,18 +39,36 @@ impl<W: Write + Send> Interceptor for JsonLines<W> {
     }
 
     fn intercept(&mut self, envelope: &Envelope) -> Result<(), EventError> {
-        let output = |source| EventError::Output {
-            what: "JSON events",
-            source,
-        };
-        serde_json::to_writer(&mut self.out, envelope).map_err(|e| output(e.into()))?;
-        self.out.write_all(b"\n").map_err(output)
+        if self.closed {
+            return Ok(());
+        }
+        let written = serde_json::to_writer(&mut self.out, envelope)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.settle(written)
     }
 
     fn flush(&mut self) -> Result<(), EventError> {
-        self.out.flush().map_err(|source| EventError::Output {
-            what: "JSON events",
-            source,
-        })
+        if self.closed {
+            return Ok(());
+        }
+        let flushed = self.out.flush();
+        self.settle(flushed)
+    }
+}
+
+impl<W: Write + Send> JsonLines<W> {
+    /// A closed pipe ends the output quietly; any other error is reported.
+    fn settle(&mut self, result: std::io::Result<()>) -> Result<(), EventError> {
+        match result {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            other => other.map_err(|source| EventError::Output {
+                what: "JSON events",
+                source,
+            }),
+        }
     }
 }

@@ -42,7 +42,9 @@ pub fn materialise(
                 config.check_runnable(image.name())?;
             }
             let target = cache_dir.join(digest.to_hex());
-            if !is_dir(&target)? {
+            if is_dir(&target)? {
+                super::cache::mark_used(&target);
+            } else {
                 fs::create_dir_all(cache_dir).at(cache_dir)?;
                 remove_dead_partials(cache_dir);
                 restore_atomically(store, digest, cache_dir, &target)?;

@@ -8,6 +8,7 @@
 //! [`ImageRef::digest`] enters job keys; [`materialise`] turns it into the
 //! sandbox's [`RootFs`](crate::sandbox::RootFs). See docs/images.md.
 
+pub mod cache;
 mod catalog;
 mod config;
 mod error;
@@ -40,7 +41,7 @@ pub const HOST_IMAGE: &str = "host";
 /// `<store>/image-cache`, inside the store directory so that the host view,
 /// which hides the store, hides them too.
 pub fn default_cache_dir(store: &Store) -> std::path::PathBuf {
-    store.dir().join("image-cache")
+    store.dir().join(cache::IMAGE_CACHE)
 }
 
 /// A resolved image: what a job key and a driver need.

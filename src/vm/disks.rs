@@ -21,6 +21,9 @@ pub fn cached_image_disk(
     let dir = cache_dir.join("images");
     let path = dir.join(format!("{}.ext4", file_key(digest)));
     if path.is_file() {
+        // Its modification time is its last use: `kiln store gc` drops
+        // disks unused for long (src/image/cache.rs).
+        crate::image::cache::mark_used(&path);
         return Ok(path);
     }
     if !image_root.is_dir() {

@@ -95,6 +95,12 @@ pub enum StoreError {
     #[error("no build {0}")]
     UnknownBuild(i64),
 
+    #[error("build {0} is running: stop it first (`kiln kill {0}`)")]
+    BuildRunning(i64),
+
+    #[error("build {0} is pinned: unpin it first (`kiln unpin {0}`)")]
+    BuildPinned(i64),
+
     #[error("unknown build status {0:?}")]
     UnknownStatus(String),
 

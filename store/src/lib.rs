@@ -46,6 +46,6 @@ pub use sessions::{
     DEAD_BUILD_REASON, LEASES_DIR, Lease, LeaseState, TempRoots, build_lease_name, lease_is_held,
     lease_state, session_lease_name,
 };
-pub use stats::StoreStats;
+pub use stats::{DiskUsage, StoreStats, allocated_bytes};
 pub use store::{Store, StoreOptions};
 pub use tree::{EntryName, Node, TREE_FORMAT_VERSION, Tree, TreeEntry};

@@ -379,6 +379,67 @@ impl Store {
         raw.map(parse_job).transpose()
     }
 
+    /// Deletes the records of a finished, unpinned build: the build, its
+    /// jobs, events and artifacts; the objects they alone kept (logs,
+    /// artifacts) go at the next sweep. A running build (its process holds
+    /// its lease) and a pinned one are refused. Job results stay: they
+    /// belong to the cache, not to the build.
+    pub fn delete_build(&mut self, build: BuildId) -> Result<()> {
+        let record = self.build(build)?;
+        if !record.status.is_finished()
+            && crate::sessions::lease_state(&self.dir, &crate::sessions::build_lease_name(build.0))?
+                != crate::sessions::LeaseState::Free
+        {
+            return Err(StoreError::BuildRunning(build.0));
+        }
+        if record.pinned {
+            return Err(StoreError::BuildPinned(build.0));
+        }
+        let tx = self.write_tx()?;
+        let artifacts: Vec<(i64, B3Digest)> = tx
+            .prepare("SELECT object_kind, digest FROM artifacts WHERE build = ?1")?
+            .query_map([build.0], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (kind, digest) in artifacts {
+            add_refs(
+                &tx,
+                ObjectRef {
+                    kind: crate::object::ObjectKind::from_code(kind)?,
+                    digest,
+                },
+                -1,
+            )?;
+        }
+        let logs: Vec<B3Digest> = tx
+            .prepare("SELECT log FROM build_jobs WHERE build = ?1 AND log IS NOT NULL")?
+            .query_map([build.0], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for log in logs {
+            add_refs(&tx, ObjectRef::blob(log), -1)?;
+        }
+        for table in ["artifacts", "build_jobs", "events"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE build = ?1"), [build.0])?;
+        }
+        tx.execute("DELETE FROM builds WHERE id = ?1", [build.0])?;
+        tx.commit()?;
+        crate::sessions::remove_free_lease(&self.dir, &crate::sessions::build_lease_name(build.0))?;
+        Ok(())
+    }
+
+    /// Finished, unpinned builds that ended before `cutoff` (Unix
+    /// milliseconds), oldest first: what `kiln builds prune` deletes.
+    pub fn builds_finished_before(&self, cutoff: i64) -> Result<Vec<BuildId>> {
+        let ids: Vec<i64> = self
+            .conn
+            .prepare(
+                "SELECT id FROM builds WHERE finished IS NOT NULL AND finished < ?1 \
+                 AND pinned = 0 ORDER BY id",
+            )?
+            .query_map([cutoff], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids.into_iter().map(BuildId).collect())
+    }
+
     /// The recorded events of `build`, in sequence.
     pub fn build_events(&self, build: BuildId) -> Result<Vec<StoredEvent>> {
         let mut stmt = self
