@@ -747,3 +747,63 @@ fn the_web_page_logs_in_with_a_session_cookie_and_out() {
     assert_eq!(get("/api/builds", &cookie).0, 401, "the session is gone");
     assert_eq!(get("/", &cookie).0, 303);
 }
+
+/// `kiln submit` from a git repository packs what git would commit: tracked
+/// files and untracked ones not ignored, without `.git` or ignored build
+/// output. Control: the ignored file is there on disk.
+#[test]
+fn submit_packs_what_git_would_commit() {
+    let server = Server::start(&[]);
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    std::fs::write(
+        root.join("build.kiln"),
+        r#"{
+  driver = { type = "container"; image = "host"; };
+  sources = [ ./. ];
+  stages = [ "one" ];
+  jobs = { look = { stage = "one"; commands = [
+    "test -e src/a.c" "test -e extra.txt" "test ! -e target" "test ! -e .git"
+  ]; }; };
+}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(root.join("src/a.c"), "int main;").unwrap();
+    std::fs::write(root.join(".gitignore"), "target/\n").unwrap();
+    std::fs::create_dir_all(root.join("target")).unwrap();
+    std::fs::write(root.join("target/huge.bin"), vec![7u8; 2 << 20]).unwrap();
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "build.kiln", "src/a.c", ".gitignore"]);
+    git(&["commit", "-q", "-m", "init"]);
+    std::fs::write(root.join("extra.txt"), "untracked, not ignored").unwrap();
+    assert!(root.join("target/huge.bin").exists(), "control");
+    let submit = server
+        .kiln()
+        .current_dir(root)
+        .args(["submit", "--detach"])
+        .output()
+        .unwrap();
+    assert!(submit.status.success(), "{submit:?}");
+    let stderr = String::from_utf8_lossy(&submit.stderr);
+    assert!(
+        !stderr.contains("MiB"),
+        "the 2 MiB of target/ stay home: {stderr}"
+    );
+    let build: i64 = String::from_utf8_lossy(&submit.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let record = server.wait_finished(build);
+    assert_eq!(record["status"], "passed", "{record:#}");
+}

@@ -326,7 +326,9 @@ async fn follow_build(client: &ControllerClient, build: i64) -> anyhow::Result<E
 }
 
 /// A tar of `root`, paths relative to it, symlinks as links, without the
-/// local store if it lies inside.
+/// local store if it lies inside. In a git repository, what git would
+/// commit: tracked files and untracked ones it does not ignore (no `.git`,
+/// no `target/` or other ignored build output).
 fn pack(root: &Path, store_dir: Option<&Path>) -> std::io::Result<Vec<u8>> {
     use std::os::unix::fs::MetadataExt;
     let skip = store_dir
@@ -335,6 +337,20 @@ fn pack(root: &Path, store_dir: Option<&Path>) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Deterministic);
+    if let Some(files) = git_files(root) {
+        let store = store_dir.and_then(|dir| std::fs::canonicalize(dir).ok());
+        for relative in files {
+            let path = root.join(&relative);
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue; // deleted but still in the index
+            };
+            if store.as_ref().is_some_and(|store| path.starts_with(store)) || meta.is_dir() {
+                continue;
+            }
+            builder.append_path_with_name(&path, &relative)?;
+        }
+        return builder.into_inner();
+    }
     let mut stack = vec![PathBuf::new()];
     while let Some(relative) = stack.pop() {
         let dir = root.join(&relative);
@@ -355,4 +371,35 @@ fn pack(root: &Path, store_dir: Option<&Path>) -> std::io::Result<Vec<u8>> {
         }
     }
     builder.into_inner()
+}
+
+/// The files git would commit under `root`, when `root` is a git work
+/// tree and git runs; sorted.
+fn git_files(root: &Path) -> Option<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    if !root.join(".git").exists() {
+        return None;
+    }
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())?;
+    let mut files: Vec<PathBuf> = output
+        .stdout
+        .split(|byte| *byte == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+        .collect();
+    files.sort();
+    files.dedup();
+    Some(files)
 }
