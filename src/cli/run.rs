@@ -198,7 +198,7 @@ pub fn run(store_dir: &Path, args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let options = RunOptions {
-        jobs: args.jobs.unwrap_or(cores),
+        jobs: args.jobs.unwrap_or(cores).max(1),
         no_cache: args.no_cache,
         check: args.check,
         store_dir: store_dir.to_path_buf(),
