@@ -24,14 +24,18 @@ const FAILING: &str = r#"{
 /// Runs `kiln ARGS` (in the project, with its store) inside a pseudo-terminal
 /// made by `script`, and returns everything the terminal received.
 fn in_terminal(project: &Project, args: &str, env: &[(&str, &str)]) -> (i32, String) {
+    // `exec`: the shell `script` starts must not stay between the terminal
+    // and kiln (dash, the default `sh`, does not exec a lone command and
+    // would die of the Ctrl-C itself).
     let command = format!(
-        "{} --store {} {args}",
+        "exec {} --store {} {args}",
         env!("CARGO_BIN_EXE_kiln"),
         project.store.display()
     );
     let mut script = Command::new("script");
     script
         .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("SHELL", "/bin/sh")
         .current_dir(project.root())
         .env("TMPDIR", &project.tmp)
         .env("TERM", "xterm")
@@ -102,8 +106,11 @@ fn ctrl_c_on_a_terminal_counts_jobs_as_killed_and_leaves_no_stale_line() {
     let project = Project::new(SLEEPERS);
     // `script` forwards its stdin to the terminal: a Ctrl-C byte after the
     // jobs started is the user pressing Ctrl-C (SIGINT to the whole group).
+    // `exec`: dash (the `sh` that `script` may start) does not exec a lone
+    // command, and a shell left in the foreground group dies of the Ctrl-C
+    // itself and `script -e` reports 130 whatever kiln does.
     let command = format!(
-        "{} --store {} --color never run",
+        "exec {} --store {} --color never run",
         env!("CARGO_BIN_EXE_kiln"),
         project.store.display()
     );
@@ -112,6 +119,7 @@ fn ctrl_c_on_a_terminal_counts_jobs_as_killed_and_leaves_no_stale_line() {
         .arg(r#"(sleep 3; printf '\003'; sleep 5) | script -q -e -c "$0" /dev/null"#)
         .arg(&command)
         .current_dir(project.root())
+        .env("SHELL", "/bin/sh")
         .env("TMPDIR", &project.tmp)
         .env("TERM", "xterm")
         .output()
